@@ -1,0 +1,1 @@
+//! The FLAME-topology head model: storage, forward pass and landmarks.

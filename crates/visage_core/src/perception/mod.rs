@@ -1,0 +1,1 @@
+//! Perception networks (face detection, landmarks, hands, segmentation, identity) in candle.

@@ -1,0 +1,1 @@
+//! Photo ingest: decoding, orientation, colour conversion and size limits.

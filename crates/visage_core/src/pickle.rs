@@ -1,0 +1,1 @@
+//! A restricted pickle reader that builds arrays only (for official FLAME `.pkl` files).

@@ -1,0 +1,1 @@
+//! The CPU reference of the differentiable photometric pass.
