@@ -1,1 +1,3 @@
 //! Perception networks (face detection, landmarks, hands, segmentation, identity) in candle.
+
+pub mod identity;
