@@ -1,0 +1,797 @@
+//! Layers shared by the perception networks, with TFLite semantics.
+//!
+//! All activations are NCHW `f32` candle tensors on the CPU. TFLite runs NHWC; the converter
+//! (`tools/convert_tflite.py`) stores kernels in candle's OIHW / `C,1,H,W` layouts, so the
+//! arithmetic is the same, only the memory order differs.
+//!
+//! What needs care to match TFLite exactly:
+//! - `SAME` padding is asymmetric: for an even input and a stride-2 3×3 kernel TFLite pads
+//!   0 rows on top and 1 at the bottom (`before = total / 2`, `after = total - before`).
+//!   [`Padding::pads`] reproduces that; candle's symmetric padding argument is never used.
+//! - PReLU is `x` for `x >= 0`, `alpha[c] * x` otherwise, per channel.
+//! - Bilinear resizes use TensorFlow's half-pixel centres (`align_corners = false`).
+//!
+//! Depthwise convolutions run through [`DepthwiseConv2d`], a candle `CustomOp1` with direct
+//! loops over contiguous planes (parallel over planes with rayon). candle's grouped
+//! `conv2d` splits the input into one convolution per channel, which is far slower for
+//! these networks (see `benches/perception.rs`, group `depthwise`).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, bail};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+/// TFLite padding mode of a convolution or pooling operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// Output size `ceil(in / stride)`, zero padding split as TFLite does
+    /// (the extra row/column goes after: bottom/right).
+    Same,
+    /// No padding: output size `floor((in - k) / stride) + 1`.
+    Valid,
+    /// An explicit `PAD` of this many zeros on every side, then `VALID` (the full-range
+    /// detector's layers; differs from `Same` for stride 2).
+    Symmetric(usize),
+}
+
+/// Explicit zero padding of the two spatial dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pad2d {
+    /// Rows added above.
+    pub top: usize,
+    /// Rows added below.
+    pub bottom: usize,
+    /// Columns added on the left.
+    pub left: usize,
+    /// Columns added on the right.
+    pub right: usize,
+}
+
+impl Padding {
+    /// Padding and output size for an `h × w` input, a `k × k` kernel and `stride`.
+    pub fn pads(self, h: usize, w: usize, k: usize, stride: usize) -> (Pad2d, usize, usize) {
+        match self {
+            Padding::Valid => {
+                let oh = (h.saturating_sub(k)) / stride + 1;
+                let ow = (w.saturating_sub(k)) / stride + 1;
+                (Pad2d::default(), oh, ow)
+            }
+            Padding::Symmetric(p) => {
+                let oh = (h + 2 * p).saturating_sub(k) / stride + 1;
+                let ow = (w + 2 * p).saturating_sub(k) / stride + 1;
+                let pad = Pad2d {
+                    top: p,
+                    bottom: p,
+                    left: p,
+                    right: p,
+                };
+                (pad, oh, ow)
+            }
+            Padding::Same => {
+                let oh = h.div_ceil(stride);
+                let ow = w.div_ceil(stride);
+                let th = ((oh - 1) * stride + k).saturating_sub(h);
+                let tw = ((ow - 1) * stride + k).saturating_sub(w);
+                let pad = Pad2d {
+                    top: th / 2,
+                    bottom: th - th / 2,
+                    left: tw / 2,
+                    right: tw - tw / 2,
+                };
+                (pad, oh, ow)
+            }
+        }
+    }
+}
+
+/// An activation fused into a layer (TFLite's `fused_activation_function`, or a separate
+/// `RELU` operator right after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Linear => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    fn apply_tensor(self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Linear => Ok(x),
+            Activation::Relu => x.relu(),
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+        }
+    }
+}
+
+/// Zero-pads the spatial dimensions of an NCHW tensor (no copy when there is nothing to pad).
+pub fn pad_spatial(x: &Tensor, p: Pad2d) -> Result<Tensor> {
+    let mut x = x.clone();
+    if p.top > 0 || p.bottom > 0 {
+        x = x.pad_with_zeros(2, p.top, p.bottom)?;
+    }
+    if p.left > 0 || p.right > 0 {
+        x = x.pad_with_zeros(3, p.left, p.right)?;
+    }
+    Ok(x)
+}
+
+/// Zero-pads the channel dimension up to `channels` (TFLite `PAD` on the last NHWC axis, used
+/// by BlazeBlocks whose residual path has fewer channels than the main path).
+pub fn pad_channels(x: &Tensor, channels: usize) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    if c == channels {
+        return Ok(x.clone());
+    }
+    if c > channels {
+        bail!("pad_channels: {c} channels cannot be padded down to {channels}");
+    }
+    x.pad_with_zeros(1, 0, channels - c)
+}
+
+/// 2×2 max pooling with stride 2 (TFLite `MAX_POOL_2D`; `SAME` and `VALID` agree for the even
+/// sizes these networks use).
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        bail!("max_pool2: odd spatial size {h}x{w}");
+    }
+    x.max_pool2d(2)
+}
+
+/// Global average over the spatial dimensions, keeping them as 1×1 (TFLite `AVERAGE_POOL_2D`
+/// with a full-size window, or `MEAN` over H and W).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean_keepdim(3)?.mean_keepdim(2)
+}
+
+/// Bilinear resize with TensorFlow's half-pixel centres (`align_corners = false`,
+/// `half_pixel_centers = true`), as TFLite `RESIZE_BILINEAR` in these graphs.
+pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&ResizeBilinear { oh, ow })
+}
+
+/// TFLite `DEPTH_TO_SPACE` (DCR order) on NCHW: input channel `(i * b + j) * C + c` moves to
+/// output channel `c` at spatial offset `(i, j)` inside each `b × b` block.
+pub fn depth_to_space(x: &Tensor, block: usize) -> Result<Tensor> {
+    let (n, cb, h, w) = x.dims4()?;
+    if cb % (block * block) != 0 {
+        bail!("depth_to_space: {cb} channels not divisible by {block}x{block}");
+    }
+    let c = cb / (block * block);
+    x.reshape((n, block, block, c, h, w))?
+        .permute([0, 3, 4, 1, 5, 2])?
+        .contiguous()?
+        .reshape((n, c, h * block, w * block))
+}
+
+/// TFLite `HARD_SWISH`: `x * relu6(x + 3) / 6`.
+pub fn hard_swish(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Elementwise::HardSwish)
+}
+
+/// Logistic sigmoid on every element.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Elementwise::Sigmoid)
+}
+
+/// Numerically safe logistic function on one value.
+pub fn sigmoid_f32(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// A convolution (TFLite `CONV_2D`): OIHW kernel, bias, stride, TFLite padding and a fused
+/// activation. 1×1 kernels go through candle's matmul fast path.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+}
+
+impl Conv2d {
+    /// Loads `weight` `[cout, cin, k, k]` and `bias` `[cout]` from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Result<Self> {
+        let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
+        let bias = vb.get(cout, "bias")?.reshape((1, cout, 1, 1))?;
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+            activation,
+        })
+    }
+
+    /// Number of output channels.
+    pub fn out_channels(&self) -> usize {
+        self.bias.dim(1).unwrap_or(0)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (pad, _, _) = self.padding.pads(h, w, self.kernel, self.stride);
+        let x = pad_spatial(x, pad)?;
+        let y = x
+            .conv2d(&self.weight, 0, self.stride, 1, 1)?
+            .broadcast_add(&self.bias)?;
+        self.activation.apply_tensor(y)
+    }
+}
+
+/// A depthwise convolution (TFLite `DEPTHWISE_CONV_2D`, depth multiplier 1) as a candle
+/// `CustomOp1`: direct loops over each contiguous `H × W` plane, bias and fused activation
+/// included, planes in parallel.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv2d {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+    /// The kernel as a `[C, 1, k, k]` tensor, kept for the grouped-conv reference path.
+    weight_tensor: Tensor,
+}
+
+impl DepthwiseConv2d {
+    /// Loads `weight` `[c, 1, k, k]` and `bias` `[c]` from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Result<Self> {
+        let weight_tensor = vb.get((channels, 1, kernel, kernel), "weight")?;
+        let weight = weight_tensor.flatten_all()?.to_vec1::<f32>()?;
+        let bias = vb.get(channels, "bias")?.to_vec1::<f32>()?;
+        Ok(Self {
+            weight,
+            bias,
+            channels,
+            kernel,
+            stride,
+            padding,
+            activation,
+            weight_tensor,
+        })
+    }
+
+    /// The same layer through candle's grouped `conv2d` (one group per channel). Used as the
+    /// reference in tests and as the baseline in the benchmark.
+    pub fn forward_grouped(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (pad, _, _) = self.padding.pads(h, w, self.kernel, self.stride);
+        let x = pad_spatial(x, pad)?;
+        let bias = Tensor::from_slice(&self.bias, (1, self.channels, 1, 1), x.device())?;
+        let y = x
+            .conv2d(&self.weight_tensor, 0, self.stride, 1, self.channels)?
+            .broadcast_add(&bias)?;
+        self.activation.apply_tensor(y)
+    }
+}
+
+impl Module for DepthwiseConv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+/// Below this many output values per plane, planes are grouped into one rayon task.
+const MIN_PARALLEL_WORK: usize = 4096;
+
+impl CustomOp1 for DepthwiseConv2d {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        if c != self.channels {
+            bail!(
+                "depthwise conv: input has {c} channels, layer has {}",
+                self.channels
+            );
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("depthwise conv: input must be contiguous");
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let k = self.kernel;
+        let s = self.stride;
+        let (pad, oh, ow) = self.padding.pads(h, w, k, s);
+        let plane_in = h * w;
+        let plane_out = oh * ow;
+        let mut out = vec![0f32; n * c * plane_out];
+        let min_len = (MIN_PARALLEL_WORK / plane_out.max(1)).max(1);
+        out.par_chunks_mut(plane_out)
+            .with_min_len(min_len)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let ch = plane % c;
+                let src = &input[plane * plane_in..(plane + 1) * plane_in];
+                let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
+                depthwise_plane(src, h, w, dst, oh, ow, wk, k, s, pad, self.bias[ch]);
+                if self.activation != Activation::Linear {
+                    for v in dst.iter_mut() {
+                        *v = self.activation.apply(*v);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// One channel of a depthwise convolution: `dst = bias + sum_k w[k] * src[shifted]`,
+/// accumulated row by row so the inner loop is a contiguous (vectorisable) axpy for stride 1.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    dst: &mut [f32],
+    oh: usize,
+    ow: usize,
+    wk: &[f32],
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+    bias: f32,
+) {
+    dst.fill(bias);
+    for oy in 0..oh {
+        let row = &mut dst[oy * ow..(oy + 1) * ow];
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - pad.top as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src_row = &src[iy as usize * w..(iy as usize + 1) * w];
+            for kx in 0..k {
+                let wv = wk[ky * k + kx];
+                // Output columns whose input column ox*s + kx - left lies inside [0, w).
+                let lo = pad.left.saturating_sub(kx).div_ceil(s);
+                let hi_num = w as isize - 1 + pad.left as isize - kx as isize;
+                if hi_num < 0 {
+                    continue;
+                }
+                let hi = ((hi_num as usize) / s + 1).min(ow);
+                if lo >= hi {
+                    continue;
+                }
+                let first = lo * s + kx - pad.left;
+                if s == 1 {
+                    let src_seg = &src_row[first..first + (hi - lo)];
+                    for (d, v) in row[lo..hi].iter_mut().zip(src_seg) {
+                        *d += wv * v;
+                    }
+                } else {
+                    for (i, d) in row[lo..hi].iter_mut().enumerate() {
+                        *d += wv * src_row[first + i * s];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// TFLite `PRELU` with one slope per channel, as a `CustomOp1` (one pass instead of the four
+/// candle ops `max(x,0) + a * min(x,0)` would take).
+#[derive(Debug, Clone)]
+pub struct PRelu {
+    alpha: Vec<f32>,
+}
+
+impl PRelu {
+    /// Loads `alpha` `[channels]` from `vb`.
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            alpha: vb.get(channels, "alpha")?.to_vec1::<f32>()?,
+        })
+    }
+}
+
+impl Module for PRelu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for PRelu {
+    fn name(&self) -> &'static str {
+        "prelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        if dims.len() != 4 || dims[1] != self.alpha.len() {
+            bail!(
+                "prelu: input {:?} does not have {} channels",
+                dims,
+                self.alpha.len()
+            );
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("prelu: input must be contiguous");
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let c = dims[1];
+        let plane = dims[2] * dims[3];
+        let mut out = input.to_vec();
+        let min_len = (MIN_PARALLEL_WORK / plane.max(1)).max(1);
+        out.par_chunks_mut(plane)
+            .with_min_len(min_len)
+            .enumerate()
+            .for_each(|(p, dst)| {
+                let a = self.alpha[p % c];
+                for v in dst.iter_mut() {
+                    if *v < 0.0 {
+                        *v *= a;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Elementwise functions without a candle equivalent of the exact TFLite form.
+#[derive(Debug, Clone, Copy)]
+enum Elementwise {
+    HardSwish,
+    Sigmoid,
+}
+
+impl CustomOp1 for Elementwise {
+    fn name(&self) -> &'static str {
+        match self {
+            Elementwise::HardSwish => "hard-swish",
+            Elementwise::Sigmoid => "sigmoid",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("{}: input must be contiguous", self.name());
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let out: Vec<f32> = match self {
+            Elementwise::HardSwish => input
+                .iter()
+                .map(|&x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0)
+                .collect(),
+            Elementwise::Sigmoid => input.iter().map(|&x| sigmoid_f32(x)).collect(),
+        };
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Half-pixel bilinear resize (see [`resize_bilinear`]).
+struct ResizeBilinear {
+    oh: usize,
+    ow: usize,
+}
+
+/// Source index pair and weight of the upper one for one output coordinate, TensorFlow's
+/// `half_pixel_centers` convention with edge clamping.
+fn half_pixel_taps(out: usize, in_size: usize, out_size: usize) -> (usize, usize, f32) {
+    let scale = in_size as f32 / out_size as f32;
+    let src = (out as f32 + 0.5) * scale - 0.5;
+    let lo = src.floor();
+    let frac = src - lo;
+    let lo_i = (lo.max(0.0) as usize).min(in_size - 1);
+    let hi_i = ((lo + 1.0).max(0.0) as usize).min(in_size - 1);
+    (lo_i, hi_i, frac)
+}
+
+impl CustomOp1 for ResizeBilinear {
+    fn name(&self) -> &'static str {
+        "resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("resize: input must be contiguous");
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let (oh, ow) = (self.oh, self.ow);
+        let ys: Vec<_> = (0..oh).map(|y| half_pixel_taps(y, h, oh)).collect();
+        let xs: Vec<_> = (0..ow).map(|x| half_pixel_taps(x, w, ow)).collect();
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(p, dst)| {
+                let src = &input[p * h * w..(p + 1) * h * w];
+                for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
+                    let r0 = &src[y0 * w..(y0 + 1) * w];
+                    let r1 = &src[y1 * w..(y1 + 1) * w];
+                    for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+                        let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+                        let bot = r1[x0] + (r1[x1] - r1[x0]) * fx;
+                        dst[oy * ow + ox] = top + (bot - top) * fy;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// A fully connected layer (TFLite `FULLY_CONNECTED`): `y = x W^T + b`, `W` `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` and `bias` `[out]` from `vb`.
+    pub fn load(vb: VarBuilder, input: usize, output: usize) -> Result<Self> {
+        let weight_t = vb.get((output, input), "weight")?.t()?.contiguous()?;
+        let bias = vb.get(output, "bias")?.reshape((1, output))?;
+        Ok(Self { weight_t, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+/// MediaPipe's `Convolution2DTransposeBias` custom operator with a 2×2 kernel and stride 2
+/// (the only configuration the selfie segmentation network uses): every input pixel writes
+/// one 2×2 output block, no overlap.
+#[derive(Debug, Clone)]
+pub struct TransposeConv2x2 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl TransposeConv2x2 {
+    /// Loads `weight` `[cin, cout, 2, 2]` and `bias` `[cout]` from `vb`.
+    pub fn load(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
+        let weight = vb.get((cin, cout, 2, 2), "weight")?;
+        let bias = vb.get(cout, "bias")?.reshape((1, cout, 1, 1))?;
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for TransposeConv2x2 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv_transpose2d(&self.weight, 0, 0, 2, 1)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Converts a batch of `size × size` RGB images into an NCHW `f32` tensor with values
+/// `pixel / 255 * (max - min) + min` (MediaPipe's `output_tensor_float_range`).
+pub fn images_to_tensor(
+    images: &[&image::RgbImage],
+    range: (f32, f32),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let Some(first) = images.first() else {
+        bail!("images_to_tensor: empty batch");
+    };
+    let (w, h) = first.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let scale = (range.1 - range.0) / 255.0;
+    let mut data = vec![0f32; images.len() * 3 * h * w];
+    for (b, img) in images.iter().enumerate() {
+        if img.dimensions() != first.dimensions() {
+            bail!("images_to_tensor: images of different sizes in one batch");
+        }
+        let base = b * 3 * h * w;
+        for (i, px) in img.pixels().enumerate() {
+            for ch in 0..3 {
+                data[base + ch * h * w + i] = px.0[ch] as f32 * scale + range.0;
+            }
+        }
+    }
+    Tensor::from_vec(data, (images.len(), 3, h, w), device)?.to_dtype(DType::F32)
+}
+
+/// Loads `conv_<idx>` (see `tools/convert_tflite.py` for the naming scheme).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    vb: &VarBuilder,
+    idx: usize,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+) -> Result<Conv2d> {
+    Conv2d::load(
+        vb.pp(format!("conv_{idx}")),
+        cin,
+        cout,
+        kernel,
+        stride,
+        padding,
+        activation,
+    )
+}
+
+/// Loads a 1×1, stride-1 `conv_<idx>`.
+pub(crate) fn pointwise(
+    vb: &VarBuilder,
+    idx: usize,
+    cin: usize,
+    cout: usize,
+    activation: Activation,
+) -> Result<Conv2d> {
+    conv(vb, idx, cin, cout, 1, 1, Padding::Valid, activation)
+}
+
+/// Loads `dw_<idx>`.
+pub(crate) fn depthwise(
+    vb: &VarBuilder,
+    idx: usize,
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+) -> Result<DepthwiseConv2d> {
+    DepthwiseConv2d::load(
+        vb.pp(format!("dw_{idx}")),
+        channels,
+        kernel,
+        stride,
+        padding,
+        activation,
+    )
+}
+
+/// Loads `prelu_<idx>`.
+pub(crate) fn prelu(vb: &VarBuilder, idx: usize, channels: usize) -> Result<PRelu> {
+    PRelu::load(vb.pp(format!("prelu_{idx}")), channels)
+}
+
+/// Flattens a detector head `[N, A*k, H, W]` into TFLite's `[N, H*W*A, k]` order (NHWC
+/// reshape: anchors of one cell are consecutive).
+pub(crate) fn head_to_anchors(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.permute([0, 2, 3, 1])?
+        .contiguous()?
+        .reshape((n, h * w * c / k, k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn same_padding_is_asymmetric_like_tflite() {
+        let (p, oh, ow) = Padding::Same.pads(64, 64, 3, 2);
+        assert_eq!((oh, ow), (32, 32));
+        assert_eq!(
+            p,
+            Pad2d {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1
+            }
+        );
+        let (p, oh, _) = Padding::Same.pads(192, 192, 5, 2);
+        assert_eq!(oh, 96);
+        assert_eq!((p.top, p.bottom), (1, 2));
+        let (p, oh, _) = Padding::Same.pads(16, 16, 3, 1);
+        assert_eq!(oh, 16);
+        assert_eq!((p.top, p.bottom), (1, 1));
+        let (_, oh, ow) = Padding::Valid.pads(98, 98, 3, 2);
+        assert_eq!((oh, ow), (48, 48));
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn depthwise_matches_grouped_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(c, h, w, k, s, pad, act) in &[
+            (
+                8usize,
+                13usize,
+                17usize,
+                3usize,
+                1usize,
+                Padding::Same,
+                Activation::Linear,
+            ),
+            (8, 16, 16, 3, 2, Padding::Same, Activation::Relu),
+            (5, 12, 12, 5, 2, Padding::Same, Activation::Relu6),
+            (4, 11, 9, 5, 1, Padding::Same, Activation::Linear),
+            (6, 10, 10, 3, 2, Padding::Valid, Activation::Linear),
+        ] {
+            let mut map = std::collections::HashMap::new();
+            map.insert(
+                "weight".to_string(),
+                Tensor::from_vec(pseudo_random(c * k * k, 7), (c, 1, k, k), &dev)?,
+            );
+            map.insert(
+                "bias".to_string(),
+                Tensor::from_vec(pseudo_random(c, 9), c, &dev)?,
+            );
+            let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+            let layer = DepthwiseConv2d::load(vb, c, k, s, pad, act)?;
+            let x = Tensor::from_vec(pseudo_random(2 * c * h * w, 3), (2, c, h, w), &dev)?;
+            let fast = layer.forward(&x)?;
+            let slow = layer.forward_grouped(&x)?;
+            assert_eq!(fast.dims(), slow.dims());
+            let diff = (fast - slow)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "k={k} s={s}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn half_pixel_resize_matches_tensorflow() -> Result<()> {
+        // tf.compat.v1.image.resize_bilinear([[0, 1], [2, 3]] -> 4x4, half_pixel_centers=True)
+        let x = Tensor::from_vec(vec![0f32, 1.0, 2.0, 3.0], (1, 1, 2, 2), &Device::Cpu)?;
+        let y = resize_bilinear(&x, 4, 4)?.flatten_all()?.to_vec1::<f32>()?;
+        let row0 = [0.0, 0.25, 0.75, 1.0];
+        let expect: Vec<f32> = (0..4)
+            .flat_map(|r| {
+                let dy = [0.0, 0.5, 1.5, 2.0][r];
+                row0.iter().map(move |v| v + dy).collect::<Vec<_>>()
+            })
+            .collect();
+        for (a, b) in y.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn depth_to_space_uses_dcr_order() -> Result<()> {
+        // NHWC input [1,1,1,4] with values 0..4 -> output [[0,1],[2,3]] (block 2, C=1).
+        let x = Tensor::from_vec(vec![0f32, 1.0, 2.0, 3.0], (1, 4, 1, 1), &Device::Cpu)?;
+        let y = depth_to_space(&x, 2)?;
+        assert_eq!(y.dims(), &[1, 1, 2, 2]);
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![0.0, 1.0, 2.0, 3.0]);
+        Ok(())
+    }
+}

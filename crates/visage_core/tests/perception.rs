@@ -1,0 +1,237 @@
+//! Golden tests of the perception networks against MediaPipe's TFLite runtime.
+//!
+//! Fixtures (`tests/fixtures/perception/*.safetensors`) come from
+//! `tools/reference_mediapipe.py`: the exact 8-bit network inputs MediaPipe's preprocessing
+//! produces, the TFLite runtime's raw outputs for them, and MediaPipe's end-to-end results.
+//! Each test feeds the stored input to the Rust network and compares.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use visage_core::perception::ops::images_to_tensor;
+use visage_core::perception::roi::{Border, RotatedRect, crop};
+use visage_core::perception::{blazeface, face_mesh, iris};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/perception")
+}
+
+fn nets() -> PathBuf {
+    visage_core::perception::default_nets_dir()
+}
+
+fn load(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(format!("{name}.safetensors")), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+fn floats(t: &HashMap<String, Tensor>, key: &str) -> Vec<f32> {
+    t[key]
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// The `index`-th image of a `[.., H, W, 3]` u8 tensor.
+fn image_of(t: &Tensor, index: usize) -> RgbImage {
+    let dims = t.dims();
+    let (h, w) = (dims[dims.len() - 3], dims[dims.len() - 2]);
+    let all = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let n = h * w * 3;
+    RgbImage::from_raw(w as u32, h as u32, all[index * n..(index + 1) * n].to_vec()).unwrap()
+}
+
+fn rect_of(v: &[f32]) -> RotatedRect {
+    RotatedRect {
+        cx: v[0],
+        cy: v[1],
+        width: v[2],
+        height: v[3],
+        rotation: v[4],
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Number of differing bytes and the largest difference between two images.
+fn byte_diff(a: &RgbImage, b: &RgbImage) -> (usize, i32) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let d: Vec<i32> = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (x as i32 - y as i32).abs())
+        .collect();
+    (
+        d.iter().filter(|&&v| v > 0).count(),
+        d.into_iter().max().unwrap_or(0),
+    )
+}
+
+fn astronaut() -> RgbImage {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/photos/astronaut.png");
+    image::open(p).unwrap().to_rgb8()
+}
+
+#[test]
+fn crop_matches_opencv_warp() {
+    let f = load("crops");
+    let rect = rect_of(&floats(&f, "rect"));
+    let photo = astronaut();
+    for (key, border, flip) in [
+        ("zero", Border::Zero, false),
+        ("replicate", Border::Replicate, false),
+        ("replicate_flipped", Border::Replicate, true),
+    ] {
+        let mine = crop(&photo, &rect, 96, 64, border, flip);
+        let reference = image_of(&f[key], 0);
+        let diffs: Vec<i32> = mine
+            .image
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .collect();
+        let max = diffs.iter().copied().max().unwrap();
+        let off = diffs.iter().filter(|&&d| d > 0).count();
+        println!(
+            "crop {key}: max diff {max}, {off} of {} values differ",
+            diffs.len()
+        );
+        // The sampler is OpenCV's fixed-point one; a source position that rounds to the other
+        // 1/32-pixel step (float error in the rect -> matrix computation) changes a value by
+        // a fraction of the local contrast, so a handful of values may differ slightly.
+        assert!(max <= 8, "crop {key}: max diff {max}");
+        assert!(off * 1000 < diffs.len(), "crop {key}: {off} values differ");
+    }
+}
+
+fn check_detector(cfg: blazeface::Config, fixture: &str) {
+    let f = load(fixture);
+    let model = blazeface::Model::from_dir(&nets(), &cfg).unwrap();
+    let input = image_of(&f["input"], 0);
+    let x = images_to_tensor(&[&input], (-1.0, 1.0), &Device::Cpu).unwrap();
+    let (reg, cls) = model.forward(&x).unwrap();
+    let reg = reg.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cls = cls.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let reg_err = max_abs_diff(&reg, &floats(&f, "regressors"));
+    let cls_err = max_abs_diff(&cls, &floats(&f, "logits"));
+    println!("{fixture}: max |regressor diff| {reg_err} (input px), max |logit diff| {cls_err}");
+    assert!(reg_err < 5e-3, "regressors differ by {reg_err}");
+    assert!(cls_err < 5e-3, "logits differ by {cls_err}");
+
+    // End to end on the photo: crop, run, decode, NMS, project; against MediaPipe's graph.
+    let dets = model.detect(&astronaut()).unwrap();
+    let mp = floats(&f, "mp_detections");
+    assert_eq!(dets.len() * 17, mp.len(), "number of faces");
+    for (d, m) in dets.iter().zip(mp.chunks(17)) {
+        let mut mine: Vec<f32> = d.bbox.to_vec();
+        mine.extend(d.keypoints.iter().flatten());
+        let px_err = max_abs_diff(&mine, &m[..16]);
+        println!(
+            "{fixture}: detection vs MediaPipe: {px_err} px, score {} vs {}",
+            d.score, m[16]
+        );
+        assert!(
+            px_err < 0.05,
+            "detection differs from MediaPipe by {px_err} px"
+        );
+        assert!((d.score - m[16]).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn blazeface_short_range_matches_tflite() {
+    check_detector(
+        blazeface::Config::short_range(),
+        "face_detection_short_range",
+    );
+}
+
+#[test]
+fn blazeface_full_range_matches_tflite() {
+    check_detector(blazeface::Config::full_range(), "face_detection_full_range");
+}
+
+fn check_face_mesh(fixture: &str) -> f32 {
+    let f = load(fixture);
+    let model = face_mesh::Model::from_dir(&nets(), &face_mesh::Config::default()).unwrap();
+    let input = image_of(&f["input"], 0);
+    let x = images_to_tensor(&[&input], (0.0, 1.0), &Device::Cpu).unwrap();
+    let (lm, logit) = model.forward(&x).unwrap();
+    let lm = lm.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let logit = logit.to_vec1::<f32>().unwrap()[0];
+    let reference = floats(&f, "landmarks");
+    let xy_err = lm
+        .chunks(3)
+        .zip(reference.chunks(3))
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .fold(0.0, f32::max);
+    let z_err = lm
+        .chunks(3)
+        .zip(reference.chunks(3))
+        .map(|(a, b)| (a[2] - b[2]).abs())
+        .fold(0.0, f32::max);
+    let flag = floats(&f, "face_flag")[0];
+    println!(
+        "{fixture}: max landmark error {xy_err} px (192 px crop), z {z_err}, logit {logit} vs {flag}"
+    );
+    assert!(xy_err < 0.01, "landmarks differ by {xy_err} px");
+    assert!(z_err < 0.01, "depths differ by {z_err}");
+    assert!((logit - flag).abs() < 1e-2);
+    assert!(logit > 0.0, "the face is present");
+    xy_err
+}
+
+#[test]
+fn face_mesh_matches_tflite() {
+    check_face_mesh("face_landmark");
+    check_face_mesh("group_face_landmark");
+}
+
+#[test]
+fn face_mesh_end_to_end_matches_mediapipe() {
+    // Crop the photo ourselves from the stored rect; compare with MediaPipe's FaceMesh graph.
+    let f = load("face_landmark");
+    let rect = rect_of(&floats(&f, "rect"));
+    let model = face_mesh::Model::from_dir(&nets(), &face_mesh::Config::default()).unwrap();
+    let faces = model.landmarks(&astronaut(), &[rect]).unwrap();
+    let mp = floats(&f, "mp_landmarks");
+    let err = faces[0]
+        .points
+        .iter()
+        .zip(mp.chunks(3))
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .fold(0.0, f32::max);
+    println!("face mesh end to end: max error vs MediaPipe {err} px (photo)");
+    assert!(err < 0.05, "landmarks differ from MediaPipe by {err} px");
+    assert!(faces[0].presence > 0.99);
+    // The crop is the one MediaPipe fed its network (up to a few 1/32-pixel rounding flips).
+    let (off, max) = byte_diff(&faces[0].crop.image, &image_of(&f["input"], 0));
+    println!("face mesh crop vs MediaPipe's: {off} values differ, by at most {max}");
+    assert!(off < 50 && max <= 8);
+}
+
+#[test]
+fn iris_matches_tflite() {
+    let f = load("iris_landmark");
+    let model = iris::Model::from_dir(&nets(), &iris::Config::default()).unwrap();
+    let eyes = [image_of(&f["input"], 0), image_of(&f["input"], 1)];
+    let x = images_to_tensor(&[&eyes[0], &eyes[1]], (0.0, 1.0), &Device::Cpu).unwrap();
+    let (c, i) = model.forward(&x).unwrap();
+    let c = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let i = i.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let c_err = max_abs_diff(&c, &floats(&f, "contours"));
+    let i_err = max_abs_diff(&i, &floats(&f, "iris"));
+    println!("iris: max contour error {c_err}, max iris error {i_err} (64 px crop)");
+    assert!(c_err < 0.01 && i_err < 0.01);
+}
