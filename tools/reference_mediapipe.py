@@ -20,8 +20,8 @@ For every network this writes ``<network>.safetensors`` holding
   its final results in photo pixels (``mp_*``).
 
 Photos: ``assets/photos/astronaut.png`` (public domain, scikit-image) and
-``sample2_960.jpg`` in the fixture directory (from the npm package @vladmandic/face-api 1.7.15,
-MIT, photo taken by the package author; downscaled to 960x684 and re-encoded at quality 90).
+``sample2_720.webp`` in the fixture directory (from the npm package @vladmandic/face-api 1.7.15,
+MIT, photo taken by the package author; downscaled to 720x513 (Lanczos) and stored as lossless WebP).
 
 The selfie network uses MediaPipe's custom ``Convolution2DTransposeBias`` op, which the plain
 TFLite runtime lacks, so its reference comes from ``mediapipe.solutions.selfie_segmentation``
@@ -398,7 +398,7 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     astro = np.array(Image.open(os.path.join(REPO, "assets", "photos", "astronaut.png")).convert("RGB"))
-    group = np.array(Image.open(os.path.join(args.out, "sample2_960.jpg")).convert("RGB"))
+    group = np.array(Image.open(os.path.join(args.out, "sample2_720.webp")).convert("RGB"))
 
     dets = face_detection(astro, args.out, "short")
     face_detection(astro, args.out, "full")
@@ -412,7 +412,7 @@ def main() -> None:
         min(gd, key=lambda d: d[0][0]),
         args.out,
         "group_",
-        "; photo: sample2_960.jpg, leftmost full-range detection (hand at the mouth)",
+        "; photo: sample2_720.webp, leftmost full-range detection (hand at the mouth)",
     )
     hands(group, args.out)
     selfie(astro, args.out)

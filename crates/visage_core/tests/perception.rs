@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use visage_core::perception::ops::images_to_tensor;
 use visage_core::perception::roi::{Border, RotatedRect, crop};
-use visage_core::perception::{blazeface, face_mesh, iris};
+use visage_core::perception::{blazeface, face_mesh, hand_landmark, iris, palm, selfie};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/perception")
@@ -75,6 +75,12 @@ fn byte_diff(a: &RgbImage, b: &RgbImage) -> (usize, i32) {
         d.iter().filter(|&&v| v > 0).count(),
         d.into_iter().max().unwrap_or(0),
     )
+}
+
+fn group_photo() -> RgbImage {
+    image::open(fixtures().join("sample2_720.webp"))
+        .unwrap()
+        .to_rgb8()
 }
 
 fn astronaut() -> RgbImage {
@@ -234,4 +240,122 @@ fn iris_matches_tflite() {
     let i_err = max_abs_diff(&i, &floats(&f, "iris"));
     println!("iris: max contour error {c_err}, max iris error {i_err} (64 px crop)");
     assert!(c_err < 0.01 && i_err < 0.01);
+}
+
+#[test]
+fn palm_detection_matches_tflite() {
+    let f = load("palm_detection_lite");
+    let model = palm::Model::from_dir(&nets(), &palm::Config::default()).unwrap();
+    let input = image_of(&f["input"], 0);
+    let x = images_to_tensor(&[&input], (0.0, 1.0), &Device::Cpu).unwrap();
+    let (reg, cls) = model.forward(&x).unwrap();
+    let reg = reg.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cls = cls.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let reg_err = max_abs_diff(&reg, &floats(&f, "regressors"));
+    let cls_err = max_abs_diff(&cls, &floats(&f, "logits"));
+    println!("palm: max |regressor diff| {reg_err} (input px), max |logit diff| {cls_err}");
+    assert!(reg_err < 5e-3 && cls_err < 5e-3);
+
+    // End to end on the photo (our crop, decode, NMS, projection) against the reference
+    // decode of the runtime outputs.
+    let group = group_photo();
+    let palms = model.detect(&group).unwrap();
+    let reference = floats(&f, "detections");
+    assert_eq!(palms.len() * 19, reference.len(), "number of palms");
+    for (p, r) in palms.iter().zip(reference.chunks(19)) {
+        let mut mine: Vec<f32> = p.bbox.to_vec();
+        mine.extend(p.keypoints.iter().flatten());
+        let err = max_abs_diff(&mine, &r[..18]);
+        println!(
+            "palm at {:?}: {err} px from the reference, score {}",
+            p.bbox, p.score
+        );
+        assert!(err < 0.01, "palm differs by {err} px");
+    }
+}
+
+#[test]
+fn hand_landmarks_match_tflite_and_mediapipe() {
+    let f = load("hand_landmark_lite");
+    let model = hand_landmark::Model::from_dir(&nets(), &hand_landmark::Config::default()).unwrap();
+    let input = image_of(&f["input"], 0);
+    let x = images_to_tensor(&[&input], (0.0, 1.0), &Device::Cpu).unwrap();
+    let (lm, presence, handed, world) = model.forward(&x).unwrap();
+    let lm_err = max_abs_diff(
+        &lm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        &floats(&f, "landmarks"),
+    );
+    let world_err = max_abs_diff(
+        &world.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        &floats(&f, "world"),
+    );
+    let p = presence.to_vec1::<f32>().unwrap()[0];
+    let h = handed.to_vec1::<f32>().unwrap()[0];
+    println!(
+        "hand: max landmark error {lm_err} (224 px crop), world {world_err} m, presence {p} vs {}, handedness {h} vs {}",
+        floats(&f, "presence")[0],
+        floats(&f, "handedness")[0]
+    );
+    assert!(lm_err < 0.01 && world_err < 1e-4);
+    assert!((p - floats(&f, "presence")[0]).abs() < 1e-3);
+    assert!((h - floats(&f, "handedness")[0]).abs() < 1e-3);
+
+    // End to end: the palm's crop on the photo against MediaPipe's Hands graph.
+    let hands = model
+        .landmarks(&group_photo(), &[rect_of(&floats(&f, "rect"))])
+        .unwrap();
+    let mp = floats(&load("palm_detection_lite"), "mp_landmarks");
+    let mp_left = floats(&load("palm_detection_lite"), "mp_left_score");
+    let best = mp
+        .chunks(63)
+        .enumerate()
+        .map(|(i, m)| {
+            let err = hands[0]
+                .points
+                .iter()
+                .zip(m.chunks(3))
+                .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+                .fold(0.0, f32::max);
+            (err, i)
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap();
+    println!(
+        "hand end to end: max error vs MediaPipe {} px (photo)",
+        best.0
+    );
+    assert!(
+        best.0 < 0.05,
+        "hand landmarks differ from MediaPipe by {} px",
+        best.0
+    );
+    assert!((hands[0].right_hand - mp_left[best.1]).abs() < 1e-3);
+}
+
+#[test]
+fn selfie_segmentation_matches_mediapipe() {
+    let f = load("selfie_segmentation");
+    let model = selfie::Model::from_dir(&nets(), &selfie::Config::default()).unwrap();
+    let input = image_of(&f["input"], 0);
+    let x = images_to_tensor(&[&input], (0.0, 1.0), &Device::Cpu).unwrap();
+    let mask = model.forward(&x).unwrap();
+    assert_eq!(mask.dims(), &[1, 1, 256, 256]);
+    let mask = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let reference = floats(&f, "mask");
+    let err = max_abs_diff(&mask, &reference);
+    let mean = reference.iter().sum::<f32>() / reference.len() as f32;
+    println!("selfie: max mask error {err} (reference stored as fp16), mean {mean}");
+    assert!(err < 2e-3, "mask differs by {err}");
+    // The photo path resizes the astronaut photo the same way.
+    let m = model.segment(&astronaut()).unwrap();
+    let err = max_abs_diff(&m.values, &reference);
+    assert!(err < 2e-3, "segment() differs by {err}");
+    assert!(
+        m.sample(230.0, 140.0) > 0.9,
+        "the face is part of the person"
+    );
+    assert!(
+        m.sample(470.0, 40.0) < 0.1,
+        "the top-right corner is background"
+    );
 }

@@ -25,10 +25,13 @@
 pub mod blazeface;
 pub mod detection;
 pub mod face_mesh;
+pub mod hand_landmark;
 pub mod identity;
 pub mod iris;
 pub mod ops;
+pub mod palm;
 pub mod roi;
+pub mod selfie;
 
 use std::path::{Path, PathBuf};
 
