@@ -295,12 +295,27 @@ def iris(img, mesh_pts, out_dir):
         rects.append(rect)
         contours.append(outs["output_eyes_contours_and_brows"].reshape(-1))
         irises.append(outs["output_iris"].reshape(-1))
+    import mediapipe as mp
+
+    h, w = img.shape[:2]
+    # An independent estimate: the attention FaceMesh (refine_landmarks) predicts iris
+    # centres (landmarks 468 and 473) with a different network.
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as fm:
+        res = fm.process(img)
+    lm = res.multi_face_landmarks[0].landmark
     save(
         out_dir,
         "iris_landmark",
-        {"input": np.stack(inputs), "rect": f32(rects), "contours": f32(contours), "iris": f32(irises)},
-        "input: [left eye (landmarks 33,133), right eye (362,263) mirrored], 64x64, scale 2.3, "
-        "range [0,1]; outputs: runtime (crop pixels, mirrored for the right eye)",
+        {
+            "input": np.stack(inputs),
+            "rect": f32(rects),
+            "contours": f32(contours),
+            "iris": f32(irises),
+            "mp_attention_iris_centers": f32([[lm[i].x * w, lm[i].y * h] for i in (468, 473)]),
+        },
+        "input: [image-left eye (landmarks 33,133), image-right eye (362,263) mirrored], 64x64, "
+        "scale 2.3, range [0,1]; outputs: runtime (crop pixels, mirrored for the second eye); "
+        "mp_attention_iris_centers: face_landmark_with_attention's iris centres (photo px)",
     )
 
 

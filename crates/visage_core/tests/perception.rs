@@ -12,7 +12,10 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use visage_core::perception::ops::images_to_tensor;
 use visage_core::perception::roi::{Border, RotatedRect, crop};
-use visage_core::perception::{blazeface, face_mesh, hand_landmark, iris, palm, selfie};
+use visage_core::perception::{
+    FaceDetectorMode, Perception, PerceptionError, PerceptionOptions, blazeface, face_mesh,
+    hand_landmark, iris, palm, selfie,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/perception")
@@ -358,4 +361,155 @@ fn selfie_segmentation_matches_mediapipe() {
         m.sample(470.0, 40.0) < 0.1,
         "the top-right corner is background"
     );
+}
+
+#[test]
+fn perception_on_the_astronaut() {
+    let p = Perception::load_default().unwrap();
+    let photo = astronaut();
+    let r = p.run(&photo).unwrap();
+    assert_eq!(r.faces.len(), 1);
+    let face = &r.faces[0];
+    let lm = face.landmarks.as_ref().unwrap();
+    assert_eq!(lm.points.len(), 468);
+    assert!(lm.presence > 0.99);
+    // Same landmarks as MediaPipe's FaceMesh graph.
+    let mp = floats(&load("face_landmark"), "mp_landmarks");
+    let err = lm
+        .points
+        .iter()
+        .zip(mp.chunks(3))
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .fold(0.0, f32::max);
+    assert!(
+        err < 0.05,
+        "pipeline landmarks differ from MediaPipe by {err} px"
+    );
+
+    // Irises: the runtime's outputs for the same eye crops, projected (mirrored back for the
+    // second eye), and roughly where the attention FaceMesh puts them.
+    let f = load("iris_landmark");
+    let eyes = face.eyes.as_ref().unwrap();
+    let rects = floats(&f, "rect");
+    let iris_ref = floats(&f, "iris");
+    for (k, eye) in eyes.iter().enumerate() {
+        let rect = rect_of(&rects[k * 5..k * 5 + 5]);
+        for (j, p) in eye.iris.iter().enumerate() {
+            let r = &iris_ref[k * 15 + j * 3..k * 15 + j * 3 + 3];
+            let u = r[0] / 64.0;
+            let q = rect.to_photo(if k == 1 { 1.0 - u } else { u }, r[1] / 64.0);
+            let e = (p[0] - q[0]).hypot(p[1] - q[1]);
+            assert!(e < 0.02, "eye {k} iris point {j} off by {e} px");
+        }
+    }
+    let centers = face.iris_centers().unwrap();
+    let att = floats(&f, "mp_attention_iris_centers");
+    for c in centers {
+        let d = att
+            .chunks(2)
+            .map(|a| (a[0] - c[0]).hypot(a[1] - c[1]))
+            .fold(f32::MAX, f32::min);
+        println!("iris centre {c:?}: {d} px from the attention model's");
+        assert!(d < 1.5, "iris centre {d} px from the attention model's");
+    }
+    assert!(
+        centers[0][0] < centers[1][0],
+        "the subject's right eye is on the image left"
+    );
+
+    let mask = r.person_mask.as_ref().unwrap();
+    assert!(mask.sample(lm.points[1][0], lm.points[1][1]) > 0.9);
+    assert!(r.hands.is_empty(), "no hands in the astronaut photo");
+    println!("timings: {:?}", r.timings);
+    assert!(r.timings.total >= r.timings.face_mesh);
+}
+
+#[test]
+fn perception_on_the_group_photo() {
+    let options = PerceptionOptions {
+        detector: FaceDetectorMode::FullRange,
+        segmentation: false,
+        ..PerceptionOptions::default()
+    };
+    let p = Perception::load(&nets(), options).unwrap();
+    let r = p.run(&group_photo()).unwrap();
+    assert_eq!(r.faces.len(), 3);
+    let areas: Vec<f32> = r.faces.iter().map(|f| f.detection.area()).collect();
+    assert!(areas.windows(2).all(|w| w[0] >= w[1]), "largest first");
+    assert!(
+        r.faces
+            .iter()
+            .all(|f| f.landmarks.is_some() && f.eyes.is_some())
+    );
+    // The face with a hand at the mouth (leftmost) against the TFLite runtime's landmarks.
+    let f = load("group_face_landmark");
+    let rect = rect_of(&floats(&f, "rect"));
+    let leftmost = r
+        .faces
+        .iter()
+        .min_by(|a, b| a.detection.bbox[0].total_cmp(&b.detection.bbox[0]))
+        .unwrap();
+    let reference = floats(&f, "landmarks");
+    let err = leftmost
+        .landmarks
+        .as_ref()
+        .unwrap()
+        .points
+        .iter()
+        .zip(reference.chunks(3))
+        .map(|(a, b)| {
+            let q = rect.to_photo(b[0] / 192.0, b[1] / 192.0);
+            (a[0] - q[0]).hypot(a[1] - q[1])
+        })
+        .fold(0.0, f32::max);
+    assert!(err < 0.05, "group face landmarks off by {err} px");
+    // Both hands MediaPipe's Hands graph finds.
+    assert_eq!(r.hands.len(), 2);
+    let mp = floats(&load("palm_detection_lite"), "mp_landmarks");
+    for h in &r.hands {
+        let best = mp
+            .chunks(63)
+            .map(|m| {
+                h.landmarks
+                    .points
+                    .iter()
+                    .zip(m.chunks(3))
+                    .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+                    .fold(0.0, f32::max)
+            })
+            .fold(f32::MAX, f32::min);
+        println!("hand at {:?}: {best} px from MediaPipe", h.palm.bbox);
+        assert!(
+            best < 0.05,
+            "hand landmarks differ from MediaPipe by {best} px"
+        );
+    }
+    assert!(r.person_mask.is_none());
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let missing = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/no-such-dir");
+    match Perception::load(&missing, PerceptionOptions::default()) {
+        Err(PerceptionError::Io { path, .. }) => assert!(path.starts_with(&missing)),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    // The fixture directory has a `face_landmark.safetensors` too: a valid safetensors file
+    // without the network's tensors.
+    match face_mesh::Model::from_dir(&fixtures(), &face_mesh::Config::default()) {
+        Err(e @ PerceptionError::Weights { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("face_landmark.safetensors"), "{msg}");
+        }
+        other => panic!("expected a weights error, got {other:?}"),
+    }
+    let p = Perception::load_default().unwrap();
+    let empty = RgbImage::new(0, 0);
+    match p.run(&empty) {
+        Err(PerceptionError::InvalidImage(msg)) => assert!(msg.contains("empty")),
+        other => panic!("expected InvalidImage, got {other:?}"),
+    }
+    // A tiny photo is fine (no faces).
+    let r = p.run(&RgbImage::new(3, 2)).unwrap();
+    assert!(r.faces.is_empty());
 }

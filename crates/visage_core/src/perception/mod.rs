@@ -30,8 +30,14 @@ pub mod identity;
 pub mod iris;
 pub mod ops;
 pub mod palm;
+pub mod pipeline;
 pub mod roi;
 pub mod selfie;
+
+pub use pipeline::{
+    FaceDetectorMode, FaceResult, HandResult, Perception, PerceptionOptions, PerceptionResult,
+    Timings,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -153,6 +153,18 @@ impl Crop {
         self.rect.to_photo(u, y / h as f32)
     }
 
+    /// The affine map from crop pixels to photo pixels as a 2×3 matrix `M`:
+    /// `photo = M · [x, y, 1]` (the same map as [`Crop::to_photo`]).
+    pub fn affine(&self) -> [[f32; 3]; 2] {
+        let o = self.to_photo(0.0, 0.0);
+        let ex = self.to_photo(1.0, 0.0);
+        let ey = self.to_photo(0.0, 1.0);
+        [
+            [ex[0] - o[0], ey[0] - o[0], o[0]],
+            [ex[1] - o[1], ey[1] - o[1], o[1]],
+        ]
+    }
+
     /// Scale from crop pixels to photo pixels (for depth values expressed in crop pixels).
     pub fn scale_to_photo(&self) -> f32 {
         self.rect.width / self.image.width() as f32
