@@ -28,7 +28,7 @@ use super::detection::{
 };
 use super::ops::{
     Activation, Conv2d, DepthwiseConv2d, Padding, conv, depth_to_space, depthwise, head_to_anchors,
-    images_to_tensor, max_pool2, pad_channels, pointwise,
+    images_to_tensor, max_pool2, pointwise,
 };
 use super::roi::{Border, RotatedRect, crop};
 use super::{Result, build, check_image};
@@ -147,26 +147,25 @@ impl FaceDetection {
 #[derive(Debug, Clone)]
 struct BlazeBlock {
     dw: DepthwiseConv2d,
+    /// Pointwise conv with the residual add and ReLU fused.
     pw: Conv2d,
     stride: usize,
-    out: usize,
 }
 
 impl BlazeBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.pw.forward(&self.dw.forward(x)?)?;
         let r = if self.stride == 2 {
             max_pool2(x)?
         } else {
             x.clone()
         };
-        (y + pad_channels(&r, self.out)?)?.relu()
+        self.pw.forward_residual(&self.dw.forward(x)?, &r)
     }
 }
 
-/// A block of the full-range backbone: two depthwise/pointwise pairs with a bottleneck.
-/// With `residual` the input is added before the final ReLU; otherwise (the stride-2 blocks)
-/// the second pointwise conv carries its own ReLU.
+/// A block of the full-range backbone: two depthwise/pointwise pairs with a bottleneck,
+/// ReLU after each pointwise conv. With `residual` the input is added before the final ReLU
+/// (the stride-2 blocks have none).
 #[derive(Debug, Clone)]
 struct Bottleneck {
     dw1: DepthwiseConv2d,
@@ -188,28 +187,22 @@ impl Bottleneck {
         stride: usize,
     ) -> candle_core::Result<Self> {
         let pad = Padding::Symmetric(1);
-        let residual = stride == 1;
-        let last = if residual {
-            Activation::Linear
-        } else {
-            Activation::Relu
-        };
         Ok(Self {
             dw1: depthwise(vb, dw, cin, 3, stride, pad, Activation::Linear)?,
             pw1: pointwise(vb, pw, cin, mid, Activation::Relu)?,
             dw2: depthwise(vb, dw + 1, mid, 3, 1, pad, Activation::Linear)?,
-            pw2: pointwise(vb, pw + 1, mid, cout, last)?,
-            residual,
+            pw2: pointwise(vb, pw + 1, mid, cout, Activation::Relu)?,
+            residual: stride == 1,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.pw1.forward(&self.dw1.forward(x)?)?;
-        let y = self.pw2.forward(&self.dw2.forward(&y)?)?;
+        let y = self.dw2.forward(&y)?;
         if self.residual {
-            (y + x)?.relu()
+            self.pw2.forward_residual(&y, x)
         } else {
-            Ok(y)
+            self.pw2.forward(&y)
         }
     }
 }
@@ -251,9 +244,8 @@ impl ShortRange {
             .map(|(i, &(cin, cout, stride))| {
                 Ok(BlazeBlock {
                     dw: depthwise(vb, i, cin, 3, stride, Padding::Same, Activation::Linear)?,
-                    pw: pointwise(vb, i + 1, cin, cout, Activation::Linear)?,
+                    pw: pointwise(vb, i + 1, cin, cout, Activation::Relu)?,
                     stride,
-                    out: cout,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -338,16 +330,15 @@ impl FullRange {
                 b(28, 32, 384, 96, 384, 1)?,
             ],
         ];
-        let relu = Activation::Relu;
         let lateral = [
-            pointwise(vb, 11, 64, 48, relu)?,
-            pointwise(vb, 18, 128, 64, relu)?,
-            pointwise(vb, 25, 192, 96, relu)?,
+            pointwise(vb, 11, 64, 48, Activation::Relu)?,
+            pointwise(vb, 18, 128, 64, Activation::Relu)?,
+            pointwise(vb, 25, 192, 96, Activation::Relu)?,
         ];
         let up = [
-            pointwise(vb, 34, 384, 96, relu)?,
-            pointwise(vb, 39, 96, 64, relu)?,
-            pointwise(vb, 44, 64, 48, relu)?,
+            pointwise(vb, 34, 384, 96, Activation::Relu)?,
+            pointwise(vb, 39, 96, 64, Activation::Relu)?,
+            pointwise(vb, 44, 64, 48, Activation::Relu)?,
         ];
         let merged = [
             vec![b(30, 35, 96, 48, 96, 1)?, b(32, 37, 96, 48, 96, 1)?],

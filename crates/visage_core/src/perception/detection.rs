@@ -285,10 +285,10 @@ mod tests {
             ..short_range()
         };
         assert_eq!(generate_anchors(&full).len(), 2304);
+        // The palm model: same options as short range at 192 (2 + 6 anchors per cell).
         let palm = AnchorOptions {
             input_size_width: 192,
             input_size_height: 192,
-            interpolated_scale_aspect_ratio: 0.0,
             ..short_range()
         };
         assert_eq!(generate_anchors(&palm).len(), 2016);

@@ -18,8 +18,8 @@ use image::RgbImage;
 
 use super::blazeface::FaceDetection;
 use super::ops::{
-    Activation, Conv2d, DepthwiseConv2d, PRelu, Padding, conv, depthwise, images_to_tensor,
-    max_pool2, pad_channels, pointwise, prelu, sigmoid_f32,
+    Activation, Conv2d, DepthwiseConv2d, Padding, conv, depthwise, images_to_tensor, max_pool2,
+    pointwise, prelu, sigmoid_f32,
 };
 use super::roi::{Border, Crop, RotatedRect, crop};
 use super::{Result, build, check_image};
@@ -101,10 +101,9 @@ pub struct FaceLandmarks {
 #[derive(Debug, Clone)]
 pub(crate) struct PReluBlock {
     dw: DepthwiseConv2d,
+    /// Pointwise conv with the residual add and PReLU fused.
     pw: Conv2d,
-    act: PRelu,
     stride: usize,
-    out: usize,
 }
 
 impl PReluBlock {
@@ -130,21 +129,18 @@ impl PReluBlock {
                 Padding::Same,
                 Activation::Linear,
             )?,
-            pw: pointwise(vb, pw, cin, cout, Activation::Linear)?,
-            act: prelu(vb, pr, cout)?,
+            pw: pointwise(vb, pw, cin, cout, prelu(vb, pr, cout)?)?,
             stride,
-            out: cout,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.pw.forward(&self.dw.forward(x)?)?;
         let r = if self.stride == 2 {
             max_pool2(x)?
         } else {
             x.clone()
         };
-        self.act.forward(&(y + pad_channels(&r, self.out)?)?)
+        self.pw.forward_residual(&self.dw.forward(x)?, &r)
     }
 }
 
@@ -152,14 +148,13 @@ impl PReluBlock {
 #[derive(Debug, Clone)]
 pub struct Model {
     stem: Conv2d,
-    stem_act: PRelu,
     backbone: Vec<PReluBlock>,
     mesh: Vec<PReluBlock>,
-    mesh_reduce: (Conv2d, PRelu),
+    mesh_reduce: Conv2d,
     mesh_tail: PReluBlock,
     mesh_out: Conv2d,
     flag: PReluBlock,
-    flag_reduce: (Conv2d, PRelu),
+    flag_reduce: Conv2d,
     flag_tail: PReluBlock,
     flag_out: Conv2d,
     cfg: Config,
@@ -190,10 +185,8 @@ impl Model {
             .enumerate()
             .map(|(i, &(cin, cout, s))| PReluBlock::load(vb, i, i + 1, i + 1, cin, cout, 3, s))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let lin = Activation::Linear;
         Ok(Self {
-            stem: conv(vb, 0, 3, 16, 3, 2, Padding::Same, lin)?,
-            stem_act: prelu(vb, 0, 16)?,
+            stem: conv(vb, 0, 3, 16, 3, 2, Padding::Same, prelu(vb, 0, 16)?)?,
             backbone,
             // Landmark branch (6x6 -> 3x3).
             mesh: vec![
@@ -201,14 +194,14 @@ impl Model {
                 PReluBlock::load(vb, 15, 16, 16, 128, 128, 3, 1)?,
                 PReluBlock::load(vb, 17, 18, 18, 128, 128, 3, 1)?,
             ],
-            mesh_reduce: (pointwise(vb, 20, 128, 32, lin)?, prelu(vb, 20, 32)?),
+            mesh_reduce: pointwise(vb, 20, 128, 32, prelu(vb, 20, 32)?)?,
             mesh_tail: PReluBlock::load(vb, 19, 22, 22, 32, 32, 3, 1)?,
-            mesh_out: conv(vb, 24, 32, 1404, 3, 3, Padding::Valid, lin)?,
+            mesh_out: conv(vb, 24, 32, 1404, 3, 3, Padding::Valid, Activation::Linear)?,
             // Face-presence branch.
             flag: PReluBlock::load(vb, 16, 17, 17, 128, 128, 3, 2)?,
-            flag_reduce: (pointwise(vb, 19, 128, 32, lin)?, prelu(vb, 19, 32)?),
+            flag_reduce: pointwise(vb, 19, 128, 32, prelu(vb, 19, 32)?)?,
             flag_tail: PReluBlock::load(vb, 18, 21, 21, 32, 32, 3, 1)?,
-            flag_out: conv(vb, 23, 32, 1, 3, 3, Padding::Valid, lin)?,
+            flag_out: conv(vb, 23, 32, 1, 3, 3, Padding::Valid, Activation::Linear)?,
             cfg: cfg.clone(),
         })
     }
@@ -226,7 +219,7 @@ impl Model {
     /// Raw outputs for a batch `[N, 3, 192, 192]` in `[0, 1]`: landmarks `[N, 468, 3]` in
     /// crop pixels and face logits `[N]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let mut x = self.stem_act.forward(&self.stem.forward(x)?)?;
+        let mut x = self.stem.forward(x)?;
         for b in &self.backbone {
             x = b.forward(&x)?;
         }
@@ -234,16 +227,10 @@ impl Model {
         for b in &self.mesh {
             m = b.forward(&m)?;
         }
-        let m = self
-            .mesh_reduce
-            .1
-            .forward(&self.mesh_reduce.0.forward(&m)?)?;
+        let m = self.mesh_reduce.forward(&m)?;
         let m = self.mesh_out.forward(&self.mesh_tail.forward(&m)?)?;
         let f = self.flag.forward(&x)?;
-        let f = self
-            .flag_reduce
-            .1
-            .forward(&self.flag_reduce.0.forward(&f)?)?;
+        let f = self.flag_reduce.forward(&f)?;
         let f = self.flag_out.forward(&self.flag_tail.forward(&f)?)?;
         let n = m.dim(0)?;
         Ok((m.reshape((n, NUM_LANDMARKS, 3))?, f.reshape(n)?))

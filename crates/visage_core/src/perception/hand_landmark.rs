@@ -95,10 +95,9 @@ impl InvertedResidual {
         cout: usize,
         skip: Skip,
     ) -> candle_core::Result<Self> {
-        let r6 = Activation::Relu6;
         Ok(Self {
-            expand: conv(vb, e, cin, mid, 1, 1, Padding::Same, r6)?,
-            dw: depthwise(vb, d, mid, k, s, Padding::Same, r6)?,
+            expand: conv(vb, e, cin, mid, 1, 1, Padding::Same, Activation::Relu6)?,
+            dw: depthwise(vb, d, mid, k, s, Padding::Same, Activation::Relu6)?,
             project: conv(
                 vb,
                 e + 1,
@@ -114,13 +113,11 @@ impl InvertedResidual {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self
-            .project
-            .forward(&self.dw.forward(&self.expand.forward(x)?)?)?;
+        let y = self.dw.forward(&self.expand.forward(x)?)?;
         match self.skip {
-            Skip::None => Ok(y),
-            Skip::Identity => y + x,
-            Skip::MaxPool => y + max_pool2(x)?,
+            Skip::None => self.project.forward(&y),
+            Skip::Identity => self.project.forward_residual(&y, x),
+            Skip::MaxPool => self.project.forward_residual(&y, &max_pool2(x)?),
         }
     }
 }
@@ -169,15 +166,14 @@ impl Model {
                 InvertedResidual::load(vb, e, d, k, s, cin, mid, cout, skip)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let r6 = Activation::Relu6;
         let fc = |i, out| Linear::load(vb.pp(format!("fc_{i}")), 672, out);
         Ok(Self {
-            stem: conv(vb, 0, 3, 24, 3, 2, Padding::Same, r6)?,
-            stem_dw: depthwise(vb, 0, 24, 3, 1, Padding::Same, r6)?,
+            stem: conv(vb, 0, 3, 24, 3, 2, Padding::Same, Activation::Relu6)?,
+            stem_dw: depthwise(vb, 0, 24, 3, 1, Padding::Same, Activation::Relu6)?,
             stem_project: conv(vb, 1, 24, 16, 1, 1, Padding::Same, Activation::Linear)?,
             blocks,
-            head_expand: conv(vb, 30, 112, 672, 1, 1, Padding::Same, r6)?,
-            head_dw: depthwise(vb, 15, 672, 3, 1, Padding::Same, r6)?,
+            head_expand: conv(vb, 30, 112, 672, 1, 1, Padding::Same, Activation::Relu6)?,
+            head_dw: depthwise(vb, 15, 672, 3, 1, Padding::Same, Activation::Relu6)?,
             handedness: fc(0, 1)?,
             presence: fc(1, 1)?,
             landmarks: fc(2, NUM_LANDMARKS * 3)?,

@@ -21,8 +21,8 @@ use candle_nn::VarBuilder;
 use image::RgbImage;
 
 use super::ops::{
-    Activation, Conv2d, DepthwiseConv2d, PRelu, Padding, conv, depthwise, images_to_tensor,
-    max_pool2, pad_channels, pointwise, prelu,
+    Activation, Conv2d, DepthwiseConv2d, Padding, conv, depthwise, images_to_tensor, max_pool2,
+    pointwise, prelu,
 };
 use super::roi::{Border, Crop, RotatedRect, crop};
 use super::{Result, build, check_image};
@@ -89,13 +89,12 @@ pub struct EyeLandmarks {
 /// variant, `reduce` is a 2×2 stride-2 convolution and `x'` is `x` max-pooled (and padded).
 #[derive(Debug, Clone)]
 struct Bottleneck {
+    /// 1×1 (or 2×2 stride 2) reduction with PReLU fused.
     reduce: Conv2d,
-    reduce_act: PRelu,
     dw: DepthwiseConv2d,
+    /// 1×1 expansion with the residual add and PReLU fused.
     expand: Conv2d,
-    act: PRelu,
     down: bool,
-    out: usize,
 }
 
 impl Bottleneck {
@@ -111,28 +110,24 @@ impl Bottleneck {
         cout: usize,
         down: bool,
     ) -> candle_core::Result<Self> {
-        let lin = Activation::Linear;
+        let act = prelu(vb, a, mid)?;
         let reduce = if down {
-            conv(vb, a, cin, mid, 2, 2, Padding::Valid, lin)?
+            conv(vb, a, cin, mid, 2, 2, Padding::Valid, act)?
         } else {
-            pointwise(vb, a, cin, mid, lin)?
+            pointwise(vb, a, cin, mid, act)?
         };
         Ok(Self {
             reduce,
-            reduce_act: prelu(vb, a, mid)?,
-            dw: depthwise(vb, d, mid, 3, 1, Padding::Same, lin)?,
-            expand: pointwise(vb, b, mid, cout, lin)?,
-            act: prelu(vb, b, cout)?,
+            dw: depthwise(vb, d, mid, 3, 1, Padding::Same, Activation::Linear)?,
+            expand: pointwise(vb, b, mid, cout, prelu(vb, b, cout)?)?,
             down,
-            out: cout,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.reduce_act.forward(&self.reduce.forward(x)?)?;
-        let y = self.expand.forward(&self.dw.forward(&y)?)?;
+        let y = self.dw.forward(&self.reduce.forward(x)?)?;
         let r = if self.down { max_pool2(x)? } else { x.clone() };
-        self.act.forward(&(y + pad_channels(&r, self.out)?)?)
+        self.expand.forward_residual(&y, &r)
     }
 }
 
@@ -140,7 +135,6 @@ impl Bottleneck {
 #[derive(Debug, Clone)]
 pub struct Model {
     stem: Conv2d,
-    stem_act: PRelu,
     trunk: Vec<Bottleneck>,
     contour: Vec<Bottleneck>,
     iris: Vec<Bottleneck>,
@@ -201,15 +195,31 @@ impl Model {
                 })
                 .collect()
         };
-        let lin = Activation::Linear;
         Ok(Self {
-            stem: conv(vb, 0, 3, 64, 3, 2, Padding::Same, lin)?,
-            stem_act: prelu(vb, 0, 64)?,
+            stem: conv(vb, 0, 3, 64, 3, 2, Padding::Same, prelu(vb, 0, 64)?)?,
             trunk,
             contour: branch(0)?,
             iris: branch(1)?,
-            contour_out: conv(vb, 53, 128, NUM_CONTOUR * 3, 2, 1, Padding::Valid, lin)?,
-            iris_out: conv(vb, 54, 128, NUM_IRIS * 3, 2, 1, Padding::Valid, lin)?,
+            contour_out: conv(
+                vb,
+                53,
+                128,
+                NUM_CONTOUR * 3,
+                2,
+                1,
+                Padding::Valid,
+                Activation::Linear,
+            )?,
+            iris_out: conv(
+                vb,
+                54,
+                128,
+                NUM_IRIS * 3,
+                2,
+                1,
+                Padding::Valid,
+                Activation::Linear,
+            )?,
             cfg: cfg.clone(),
         })
     }
@@ -222,7 +232,7 @@ impl Model {
     /// Raw outputs for a batch `[N, 3, 64, 64]` in `[0, 1]`: contours `[N, 71, 3]` and iris
     /// `[N, 5, 3]`, crop pixels.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let mut x = self.stem_act.forward(&self.stem.forward(x)?)?;
+        let mut x = self.stem.forward(x)?;
         for b in &self.trunk {
             x = b.forward(&x)?;
         }

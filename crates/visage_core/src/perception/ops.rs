@@ -16,7 +16,9 @@
 //! `conv2d` splits the input into one convolution per channel, which is far slower for
 //! these networks (see `benches/perception.rs`, group `depthwise`).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, bail,
+};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -84,8 +86,8 @@ impl Padding {
 }
 
 /// An activation fused into a layer (TFLite's `fused_activation_function`, or a separate
-/// `RELU` operator right after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `RELU` / `PRELU` operator right after it).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Activation {
     /// Identity.
     Linear,
@@ -93,24 +95,36 @@ pub enum Activation {
     Relu,
     /// `min(max(x, 0), 6)`.
     Relu6,
+    /// `x` for `x >= 0`, `alpha[c] * x` otherwise (TFLite `PRELU`, one slope per channel).
+    PRelu(Vec<f32>),
 }
 
 impl Activation {
+    /// Applies the activation to one channel's values in place.
     #[inline]
-    fn apply(self, v: f32) -> f32 {
+    fn apply_channel(&self, c: usize, v: &mut [f32]) {
         match self {
-            Activation::Linear => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Relu6 => v.clamp(0.0, 6.0),
+            Activation::Linear => {}
+            Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+            Activation::PRelu(alpha) => {
+                let a = alpha[c];
+                v.iter_mut().for_each(|x| {
+                    if *x < 0.0 {
+                        *x *= a
+                    }
+                })
+            }
         }
     }
 
-    fn apply_tensor(self, x: Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Linear => Ok(x),
-            Activation::Relu => x.relu(),
-            Activation::Relu6 => x.clamp(0f32, 6f32),
+    fn check_channels(&self, channels: usize) -> Result<()> {
+        if let Activation::PRelu(a) = self
+            && a.len() != channels
+        {
+            bail!("prelu has {} slopes for {channels} channels", a.len());
         }
+        Ok(())
     }
 }
 
@@ -190,12 +204,17 @@ pub fn sigmoid_f32(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-/// A convolution (TFLite `CONV_2D`): OIHW kernel, bias, stride, TFLite padding and a fused
-/// activation. 1×1 kernels go through candle's matmul fast path.
+/// A convolution (TFLite `CONV_2D`) as one candle `CustomOp`: im2col (skipped for 1×1,
+/// stride 1) and a single `gemm` call whose destination starts as bias (+ residual), then the
+/// fused activation. One pass instead of the conv / bias-add / residual-add / activation
+/// chain of separate candle ops.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
+    /// `[cout, cin * k * k]`, row-major (OIHW flattened).
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cin: usize,
+    cout: usize,
     kernel: usize,
     stride: usize,
     padding: Padding,
@@ -213,11 +232,17 @@ impl Conv2d {
         padding: Padding,
         activation: Activation,
     ) -> Result<Self> {
-        let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
-        let bias = vb.get(cout, "bias")?.reshape((1, cout, 1, 1))?;
+        activation.check_channels(cout)?;
+        let weight = vb
+            .get((cout, cin, kernel, kernel), "weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = vb.get(cout, "bias")?.to_vec1::<f32>()?;
         Ok(Self {
             weight,
             bias,
+            cin,
+            cout,
             kernel,
             stride,
             padding,
@@ -225,21 +250,206 @@ impl Conv2d {
         })
     }
 
+    /// Replaces the fused activation (e.g. with the `PRELU` that follows in the graph).
+    pub fn with_activation(mut self, activation: Activation) -> Result<Self> {
+        activation.check_channels(self.cout)?;
+        self.activation = activation;
+        Ok(self)
+    }
+
     /// Number of output channels.
     pub fn out_channels(&self) -> usize {
-        self.bias.dim(1).unwrap_or(0)
+        self.cout
+    }
+
+    /// `act(conv(x) + bias + residual)`: the residual has the output's spatial size and at
+    /// most `cout` channels; missing channels count as zeros (TFLite's channel `PAD` before
+    /// the `ADD` in BlazeBlocks).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op2_no_bwd(&residual.contiguous()?, &ConvResidual(self))
+    }
+
+    fn run(
+        &self,
+        input: &[f32],
+        dims: (usize, usize, usize, usize),
+        residual: Option<(&[f32], usize)>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let (n, c, h, w) = dims;
+        if c != self.cin {
+            bail!("conv: input has {c} channels, layer expects {}", self.cin);
+        }
+        let k = self.kernel;
+        let s = self.stride;
+        let (pad, oh, ow) = self.padding.pads(h, w, k, s);
+        let hw = oh * ow;
+        let kk = self.cin * k * k;
+        let direct = k == 1 && s == 1 && pad == Pad2d::default();
+        let mut out = vec![0f32; n * self.cout * hw];
+        let mut col = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; kk * hw]
+        };
+        let flops = self.cout * hw * kk;
+        let parallelism = if flops >= 1 << 21 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        for b in 0..n {
+            let src = &input[b * c * h * w..(b + 1) * c * h * w];
+            let dst = &mut out[b * self.cout * hw..(b + 1) * self.cout * hw];
+            for (co, row) in dst.chunks_mut(hw).enumerate() {
+                row.fill(self.bias[co]);
+            }
+            if let Some((r, rc)) = residual {
+                let r = &r[b * rc * hw..(b + 1) * rc * hw];
+                for (d, v) in dst[..rc * hw].iter_mut().zip(r) {
+                    *d += v;
+                }
+            }
+            let rhs: &[f32] = if direct {
+                src
+            } else {
+                im2col(src, c, h, w, k, s, pad, oh, ow, &mut col);
+                &col
+            };
+            // SAFETY: dst is cout x hw, lhs cout x kk, rhs kk x hw, all row-major and in
+            // bounds; dst does not alias the inputs.
+            unsafe {
+                gemm::gemm(
+                    self.cout,
+                    hw,
+                    kk,
+                    dst.as_mut_ptr(),
+                    1,
+                    hw as isize,
+                    true,
+                    self.weight.as_ptr(),
+                    1,
+                    kk as isize,
+                    rhs.as_ptr(),
+                    1,
+                    hw as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            if self.activation != Activation::Linear {
+                for (co, row) in dst.chunks_mut(hw).enumerate() {
+                    self.activation.apply_channel(co, row);
+                }
+            }
+        }
+        Ok((out, Shape::from((n, self.cout, oh, ow))))
+    }
+}
+
+/// Unfolds `src` (`c × h × w`) into `col` (`c·k·k × oh·ow`), zeros where the window reaches
+/// into the padding.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+    oh: usize,
+    ow: usize,
+    col: &mut [f32],
+) {
+    let hw = oh * ow;
+    for ci in 0..c {
+        let plane = &src[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * hw..][..hw];
+                for oy in 0..oh {
+                    let iy = (oy * s + ky) as isize - pad.top as isize;
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * s + kx) as isize - pad.left as isize;
+                        *d = if ix < 0 || ix >= w as isize {
+                            0.0
+                        } else {
+                            line[ix as usize]
+                        };
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (pad, _, _) = self.padding.pads(h, w, self.kernel, self.stride);
-        let x = pad_spatial(x, pad)?;
-        let y = x
-            .conv2d(&self.weight, 0, self.stride, 1, 1)?
-            .broadcast_add(&self.bias)?;
-        self.activation.apply_tensor(y)
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("conv: input must be contiguous");
+        };
+        let (out, shape) = self.run(&storage.as_slice::<f32>()?[start..end], dims, None)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// [`Conv2d`] with a residual input (see [`Conv2d::forward_residual`]).
+struct ConvResidual<'a>(&'a Conv2d);
+
+impl CustomOp2 for ConvResidual<'_> {
+    fn name(&self) -> &'static str {
+        "conv2d-fused-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let conv = self.0;
+        let dims = l1.shape().dims4()?;
+        let (rn, rc, rh, rw) = l2.shape().dims4()?;
+        let (pad_, oh, ow) = conv.padding.pads(dims.2, dims.3, conv.kernel, conv.stride);
+        let _ = pad_;
+        if rn != dims.0 || rh != oh || rw != ow || rc > conv.cout {
+            bail!(
+                "conv residual {:?} does not fit the output ({}, {}, {oh}, {ow})",
+                l2.shape().dims(),
+                dims.0,
+                conv.cout
+            );
+        }
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("conv: inputs must be contiguous");
+        };
+        let r = &s2.as_slice::<f32>()?[c..d];
+        let (out, shape) = conv.run(&s1.as_slice::<f32>()?[a..b], dims, Some((r, rc)))?;
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -269,6 +479,7 @@ impl DepthwiseConv2d {
         padding: Padding,
         activation: Activation,
     ) -> Result<Self> {
+        activation.check_channels(channels)?;
         let weight_tensor = vb.get((channels, 1, kernel, kernel), "weight")?;
         let weight = weight_tensor.flatten_all()?.to_vec1::<f32>()?;
         let bias = vb.get(channels, "bias")?.to_vec1::<f32>()?;
@@ -294,7 +505,15 @@ impl DepthwiseConv2d {
         let y = x
             .conv2d(&self.weight_tensor, 0, self.stride, 1, self.channels)?
             .broadcast_add(&bias)?;
-        self.activation.apply_tensor(y)
+        match &self.activation {
+            Activation::Linear => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::Relu6 => y.clamp(0f32, 6f32),
+            Activation::PRelu(a) => {
+                let a = Tensor::from_slice(a, (1, a.len(), 1, 1), y.device())?;
+                y.relu()? + y.minimum(0f32)?.broadcast_mul(&a)?
+            }
+        }
     }
 }
 
@@ -339,11 +558,7 @@ impl CustomOp1 for DepthwiseConv2d {
                 let src = &input[plane * plane_in..(plane + 1) * plane_in];
                 let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
                 depthwise_plane(src, h, w, dst, oh, ow, wk, k, s, pad, self.bias[ch]);
-                if self.activation != Activation::Linear {
-                    for v in dst.iter_mut() {
-                        *v = self.activation.apply(*v);
-                    }
-                }
+                self.activation.apply_channel(ch, dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
@@ -672,9 +887,13 @@ pub(crate) fn depthwise(
     )
 }
 
-/// Loads `prelu_<idx>`.
-pub(crate) fn prelu(vb: &VarBuilder, idx: usize, channels: usize) -> Result<PRelu> {
-    PRelu::load(vb.pp(format!("prelu_{idx}")), channels)
+/// Loads `prelu_<idx>` as an activation to fuse into the preceding layer.
+pub(crate) fn prelu(vb: &VarBuilder, idx: usize, channels: usize) -> Result<Activation> {
+    Ok(Activation::PRelu(
+        vb.pp(format!("prelu_{idx}"))
+            .get(channels, "alpha")?
+            .to_vec1::<f32>()?,
+    ))
 }
 
 /// Flattens a detector head `[N, A*k, H, W]` into TFLite's `[N, H*W*A, k]` order (NHWC
@@ -727,7 +946,7 @@ mod tests {
     #[test]
     fn depthwise_matches_grouped_conv() -> Result<()> {
         let dev = Device::Cpu;
-        for &(c, h, w, k, s, pad, act) in &[
+        for (c, h, w, k, s, pad, act) in [
             (
                 8usize,
                 13usize,
@@ -736,6 +955,15 @@ mod tests {
                 1usize,
                 Padding::Same,
                 Activation::Linear,
+            ),
+            (
+                3,
+                7,
+                8,
+                3,
+                1,
+                Padding::Same,
+                Activation::PRelu(vec![0.1, -0.5, 2.0]),
             ),
             (8, 16, 16, 3, 2, Padding::Same, Activation::Relu),
             (5, 12, 12, 5, 2, Padding::Same, Activation::Relu6),
@@ -756,6 +984,65 @@ mod tests {
             let x = Tensor::from_vec(pseudo_random(2 * c * h * w, 3), (2, c, h, w), &dev)?;
             let fast = layer.forward(&x)?;
             let slow = layer.forward_grouped(&x)?;
+            assert_eq!(fast.dims(), slow.dims());
+            let diff = (fast - slow)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "k={k} s={s}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_conv_matches_candle_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(cin, cout, h, w, k, s, pad) in &[
+            (
+                3usize,
+                8usize,
+                17usize,
+                16usize,
+                5usize,
+                2usize,
+                Padding::Same,
+            ),
+            (6, 5, 9, 9, 1, 1, Padding::Valid),
+            (4, 7, 8, 8, 2, 2, Padding::Valid),
+            (4, 3, 10, 12, 3, 2, Padding::Symmetric(1)),
+            (5, 2, 6, 6, 3, 3, Padding::Valid),
+            // Large enough for the multi-threaded gemm path.
+            (32, 64, 48, 48, 1, 1, Padding::Valid),
+            (48, 4, 48, 48, 1, 1, Padding::Same),
+            (3, 32, 192, 192, 3, 2, Padding::Symmetric(1)),
+        ] {
+            let mut map = std::collections::HashMap::new();
+            let wt = Tensor::from_vec(
+                pseudo_random(cout * cin * k * k, 5),
+                (cout, cin, k, k),
+                &dev,
+            )?;
+            let bias = Tensor::from_vec(pseudo_random(cout, 6), cout, &dev)?;
+            map.insert("weight".to_string(), wt.clone());
+            map.insert("bias".to_string(), bias.clone());
+            let alpha = pseudo_random(cout, 8);
+            let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+            let layer = Conv2d::load(vb, cin, cout, k, s, pad, Activation::PRelu(alpha.clone()))?;
+            let x = Tensor::from_vec(pseudo_random(2 * cin * h * w, 4), (2, cin, h, w), &dev)?;
+            let (p, oh, ow) = pad.pads(h, w, k, s);
+            let res = Tensor::from_vec(
+                pseudo_random(2 * (cout - 1) * oh * ow, 11),
+                (2, cout - 1, oh, ow),
+                &dev,
+            )?;
+            let fast = layer.forward_residual(&x, &res)?;
+            let y = pad_spatial(&x, p)?
+                .conv2d(&wt, 0, s, 1, 1)?
+                .broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+            let y = (y + pad_channels(&res, cout)?)?;
+            let a = Tensor::from_vec(alpha, (1, cout, 1, 1), &dev)?;
+            let slow = (y.relu()? + y.minimum(0f32)?.broadcast_mul(&a)?)?;
             assert_eq!(fast.dims(), slow.dims());
             let diff = (fast - slow)?
                 .abs()?

@@ -20,7 +20,7 @@ use super::detection::{
 };
 use super::face_mesh::PReluBlock;
 use super::ops::{
-    Activation, Conv2d, PRelu, Padding, conv, head_to_anchors, images_to_tensor, pointwise, prelu,
+    Activation, Conv2d, Padding, conv, head_to_anchors, images_to_tensor, pointwise, prelu,
     resize_bilinear,
 };
 use super::roi::{Border, RotatedRect, crop};
@@ -113,11 +113,11 @@ pub fn hand_roi(palm: &PalmDetection) -> RotatedRect {
 #[derive(Debug, Clone)]
 pub struct Model {
     stem: Conv2d,
-    stem_act: PRelu,
     backbone: Vec<PReluBlock>,
-    up12: (Conv2d, PRelu),
+    /// 1×1 conv + PReLU after the upsampling (the skip is added after the PReLU).
+    up12: Conv2d,
     blocks12: Vec<PReluBlock>,
-    up24: (Conv2d, PRelu),
+    up24: Conv2d,
     blocks24: Vec<PReluBlock>,
     cls12: Conv2d,
     reg12: Conv2d,
@@ -131,7 +131,6 @@ impl Model {
     /// Builds the network from converted weights (see `tools/convert_tflite.py`).
     pub fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         let vb = &vb;
-        let lin = Activation::Linear;
         // (in, out, stride) of dw_i / conv_{i+1} / prelu_{i+1}.
         let spec: [(usize, usize, usize); 19] = [
             (32, 32, 1),
@@ -159,17 +158,17 @@ impl Model {
             .enumerate()
             .map(|(i, &(cin, cout, s))| PReluBlock::load(vb, i, i + 1, i + 1, cin, cout, 5, s))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let same = |idx, cin, cout| conv(vb, idx, cin, cout, 1, 1, Padding::Same, lin);
+        let same =
+            |idx, cin, cout| conv(vb, idx, cin, cout, 1, 1, Padding::Same, Activation::Linear);
         Ok(Self {
-            stem: conv(vb, 0, 3, 32, 5, 2, Padding::Same, lin)?,
-            stem_act: prelu(vb, 0, 32)?,
+            stem: conv(vb, 0, 3, 32, 5, 2, Padding::Same, prelu(vb, 0, 32)?)?,
             backbone,
-            up12: (pointwise(vb, 20, 256, 256, lin)?, prelu(vb, 20, 256)?),
+            up12: pointwise(vb, 20, 256, 256, prelu(vb, 20, 256)?)?,
             blocks12: vec![
                 PReluBlock::load(vb, 19, 21, 21, 256, 256, 5, 1)?,
                 PReluBlock::load(vb, 20, 22, 22, 256, 256, 5, 1)?,
             ],
-            up24: (pointwise(vb, 25, 256, 128, lin)?, prelu(vb, 23, 128)?),
+            up24: pointwise(vb, 25, 256, 128, prelu(vb, 23, 128)?)?,
             blocks24: vec![
                 PReluBlock::load(vb, 21, 26, 24, 128, 128, 5, 1)?,
                 PReluBlock::load(vb, 22, 27, 25, 128, 128, 5, 1)?,
@@ -191,7 +190,7 @@ impl Model {
     /// Raw outputs for `[N, 3, 192, 192]` in `[0, 1]`: regressors `[N, 2016, 18]` and score
     /// logits `[N, 2016]`, TFLite's anchor order (24×24 grid first).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let mut x = self.stem_act.forward(&self.stem.forward(x)?)?;
+        let mut x = self.stem.forward(x)?;
         let mut skip24 = None;
         let mut skip12 = None;
         for (i, b) in self.backbone.iter().enumerate() {
@@ -207,12 +206,12 @@ impl Model {
             skip12.expect("backbone has 19 blocks"),
         );
         let up = resize_bilinear(&x, 12, 12)?;
-        let mut y = (self.up12.1.forward(&self.up12.0.forward(&up)?)? + skip12)?;
+        let mut y = (self.up12.forward(&up)? + skip12)?;
         for b in &self.blocks12 {
             y = b.forward(&y)?;
         }
         let up = resize_bilinear(&y, 24, 24)?;
-        let mut z = (self.up24.1.forward(&self.up24.0.forward(&up)?)? + skip24)?;
+        let mut z = (self.up24.forward(&up)? + skip24)?;
         for b in &self.blocks24 {
             z = b.forward(&z)?;
         }

@@ -118,20 +118,20 @@ struct EncoderBlock {
 
 impl EncoderBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // ReLU is fused into expand/dw; hard-swish runs as its own op.
         let act = |t: Tensor| -> candle_core::Result<Tensor> {
-            if self.hswish {
-                hard_swish(&t)
-            } else {
-                t.relu()
-            }
+            if self.hswish { hard_swish(&t) } else { Ok(t) }
         };
         let y = act(self.expand.forward(x)?)?;
         let mut y = act(self.dw.forward(&y)?)?;
         if let Some(se) = &self.se {
             y = se.forward(&y)?;
         }
-        let y = self.project.forward(&y)?;
-        if self.residual { y + x } else { Ok(y) }
+        if self.residual {
+            self.project.forward_residual(&y, x)
+        } else {
+            self.project.forward(&y)
+        }
     }
 }
 
@@ -211,28 +211,32 @@ impl Model {
             (21, 6, 5, 1, 32, 96, 32, Some((22, 24)), true, true),
             (25, 7, 5, 1, 32, 96, 32, Some((26, 24)), true, true),
         ];
-        let lin = Activation::Linear;
         let encoder = spec
             .iter()
             .map(|&(e, d, k, s, cin, mid, cout, se, hswish, residual)| {
                 let project = if se.is_some() { e + 3 } else { e + 1 };
+                let act = if hswish {
+                    Activation::Linear
+                } else {
+                    Activation::Relu
+                };
                 Ok(EncoderBlock {
-                    expand: pointwise(vb, e, cin, mid, lin)?,
-                    dw: depthwise(vb, d, mid, k, s, Padding::Same, lin)?,
+                    expand: pointwise(vb, e, cin, mid, act.clone())?,
+                    dw: depthwise(vb, d, mid, k, s, Padding::Same, act)?,
                     se: se
                         .map(|(a, w)| SqueezeExcite::load(vb, a, mid, w))
                         .transpose()?,
-                    project: pointwise(vb, project, mid, cout, lin)?,
+                    project: pointwise(vb, project, mid, cout, Activation::Linear)?,
                     hswish,
                     residual,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            stem: conv(vb, 0, 3, 16, 3, 2, Padding::Same, lin)?,
+            stem: conv(vb, 0, 3, 16, 3, 2, Padding::Same, Activation::Linear)?,
             encoder,
             context: pointwise(vb, 29, 32, 128, Activation::Relu)?,
-            context_gate: pointwise(vb, 30, 32, 128, lin)?,
+            context_gate: pointwise(vb, 30, 32, 128, Activation::Linear)?,
             decoder: [
                 DecoderStage::load(vb, 31, 8, 128, 24)?,
                 DecoderStage::load(vb, 35, 9, 24, 16)?,
