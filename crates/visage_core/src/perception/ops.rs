@@ -22,6 +22,46 @@ use candle_core::{
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+/// Whether the CPU has AVX2 and FMA (checked once, cached by the standard library).
+#[inline(always)]
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines a function whose body is compiled twice, for the baseline target and with AVX2
+/// and FMA enabled, choosing at run time (the default target is x86-64 v1, SSE2 only).
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if has_avx2_fma() {
+                    // SAFETY: the CPU supports the enabled features.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// TFLite padding mode of a convolution or pooling operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Padding {
@@ -105,16 +145,9 @@ impl Activation {
     fn apply_channel(&self, c: usize, v: &mut [f32]) {
         match self {
             Activation::Linear => {}
-            Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-            Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
-            Activation::PRelu(alpha) => {
-                let a = alpha[c];
-                v.iter_mut().for_each(|x| {
-                    if *x < 0.0 {
-                        *x *= a
-                    }
-                })
-            }
+            Activation::Relu => activate(v, 0.0, f32::INFINITY),
+            Activation::Relu6 => activate(v, 0.0, 6.0),
+            Activation::PRelu(alpha) => activate(v, alpha[c], f32::INFINITY),
         }
     }
 
@@ -301,15 +334,11 @@ impl Conv2d {
         for b in 0..n {
             let src = &input[b * c * h * w..(b + 1) * c * h * w];
             let dst = &mut out[b * self.cout * hw..(b + 1) * self.cout * hw];
-            for (co, row) in dst.chunks_mut(hw).enumerate() {
-                row.fill(self.bias[co]);
-            }
-            if let Some((r, rc)) = residual {
-                let r = &r[b * rc * hw..(b + 1) * rc * hw];
-                for (d, v) in dst[..rc * hw].iter_mut().zip(r) {
-                    *d += v;
-                }
-            }
+            let r: &[f32] = match residual {
+                Some((r, rc)) => &r[b * rc * hw..(b + 1) * rc * hw],
+                None => &[],
+            };
+            conv_prologue(dst, &self.bias, hw, r);
             let rhs: &[f32] = if direct {
                 src
             } else {
@@ -553,68 +582,155 @@ impl CustomOp1 for DepthwiseConv2d {
         out.par_chunks_mut(plane_out)
             .with_min_len(min_len)
             .enumerate()
-            .for_each(|(plane, dst)| {
+            .for_each_init(Vec::new, |scratch, (plane, dst)| {
                 let ch = plane % c;
                 let src = &input[plane * plane_in..(plane + 1) * plane_in];
                 let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
-                depthwise_plane(src, h, w, dst, oh, ow, wk, k, s, pad, self.bias[ch]);
+                let geom = DwGeometry {
+                    h,
+                    w,
+                    oh,
+                    ow,
+                    k,
+                    s,
+                    pad,
+                };
+                depthwise_plane(src, dst, wk, self.bias[ch], geom, scratch);
                 self.activation.apply_channel(ch, dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
 
-/// One channel of a depthwise convolution: `dst = bias + sum_k w[k] * src[shifted]`,
-/// accumulated row by row so the inner loop is a contiguous (vectorisable) axpy for stride 1.
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    src: &[f32],
+simd_dispatch! {
+/// `x = min(max(x, 0), hi) + slope * min(x, 0)`, branch-free so it vectorises: ReLU is
+/// `(slope 0, hi inf)`, ReLU6 `(0, 6)`, PReLU `(alpha, inf)`. Exact: for `x >= 0` the second
+/// term is `±0`, for `x < 0` the first is `0`.
+fn activate(v: &mut [f32], slope: f32, hi: f32) {
+    for x in v.iter_mut() {
+        let t = *x;
+        *x = t.max(0.0).min(hi) + slope * t.min(0.0);
+    }
+}
+}
+
+simd_dispatch! {
+/// Starts a convolution's output: every channel row set to its bias, plus the residual's
+/// rows (the first `residual.len() / hw` channels).
+fn conv_prologue(dst: &mut [f32], bias: &[f32], hw: usize, residual: &[f32]) {
+    for (row, &b) in dst.chunks_mut(hw).zip(bias) {
+        row.fill(b);
+    }
+    for (d, r) in dst.iter_mut().zip(residual) {
+        *d += r;
+    }
+}
+}
+
+/// Sizes of one depthwise plane.
+#[derive(Debug, Clone, Copy)]
+struct DwGeometry {
     h: usize,
     w: usize,
-    dst: &mut [f32],
     oh: usize,
     ow: usize,
-    wk: &[f32],
     k: usize,
     s: usize,
     pad: Pad2d,
+}
+
+simd_dispatch! {
+/// One channel of a depthwise convolution: `dst = bias + sum_k w[k] * src[shifted]`.
+///
+/// The plane is first copied into `scratch` with its zero padding (and, for stride 2, with
+/// even and odd columns split into two halves), so every tap is one contiguous slice and the
+/// accumulation is a vectorisable axpy without border cases.
+fn depthwise_plane(
+    src: &[f32],
+    dst: &mut [f32],
+    wk: &[f32],
     bias: f32,
+    g: DwGeometry,
+    scratch: &mut Vec<f32>,
 ) {
-    dst.fill(bias);
-    for oy in 0..oh {
-        let row = &mut dst[oy * ow..(oy + 1) * ow];
-        for ky in 0..k {
-            let iy = (oy * s + ky) as isize - pad.top as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
+    let DwGeometry {
+        h,
+        w,
+        oh,
+        ow,
+        k,
+        s,
+        pad,
+    } = g;
+    let ph = (oh - 1) * s + k;
+    let pw = (ow - 1) * s + k;
+    // Row layout: stride 1 -> the padded row; stride 2 -> [even columns | odd columns].
+    let even = pw.div_ceil(2);
+    // Stride 1 accumulates over the flattened plane: output (oy, x) lives at oy * pw + x of
+    // an "extended" plane whose columns ow..pw are discarded, so each tap is one long axpy.
+    let n_ext = if s == 1 { (oh - 1) * pw + ow } else { 0 };
+    scratch.clear();
+    scratch.resize(ph * pw + n_ext, 0.0);
+    let (padded, ext) = scratch.split_at_mut(ph * pw);
+    for r in 0..ph {
+        let iy = r as isize - pad.top as isize;
+        if iy < 0 || iy >= h as isize {
+            continue;
+        }
+        let line = &src[iy as usize * w..(iy as usize + 1) * w];
+        let out = &mut padded[r * pw..(r + 1) * pw];
+        let n = w.min(pw - pad.left);
+        if s == 2 {
+            for (c, &v) in line[..n].iter().enumerate() {
+                let pc = c + pad.left;
+                out[if pc % 2 == 0 { pc / 2 } else { even + pc / 2 }] = v;
             }
-            let src_row = &src[iy as usize * w..(iy as usize + 1) * w];
+        } else {
+            out[pad.left..pad.left + n].copy_from_slice(&line[..n]);
+        }
+    }
+    if s == 1 {
+        ext.fill(bias);
+        for ky in 0..k {
             for kx in 0..k {
                 let wv = wk[ky * k + kx];
-                // Output columns whose input column ox*s + kx - left lies inside [0, w).
-                let lo = pad.left.saturating_sub(kx).div_ceil(s);
-                let hi_num = w as isize - 1 + pad.left as isize - kx as isize;
-                if hi_num < 0 {
-                    continue;
+                let off = ky * pw + kx;
+                for (d, v) in ext.iter_mut().zip(&padded[off..off + n_ext]) {
+                    *d += wv * v;
                 }
-                let hi = ((hi_num as usize) / s + 1).min(ow);
-                if lo >= hi {
-                    continue;
-                }
-                let first = lo * s + kx - pad.left;
-                if s == 1 {
-                    let src_seg = &src_row[first..first + (hi - lo)];
-                    for (d, v) in row[lo..hi].iter_mut().zip(src_seg) {
+            }
+        }
+        for (oy, row) in dst.chunks_mut(ow).enumerate() {
+            row.copy_from_slice(&ext[oy * pw..oy * pw + ow]);
+        }
+        return;
+    }
+    for oy in 0..oh {
+        let row = &mut dst[oy * ow..(oy + 1) * ow];
+        row.fill(bias);
+        for ky in 0..k {
+            let prow = &padded[(oy * s + ky) * pw..(oy * s + ky + 1) * pw];
+            for kx in 0..k {
+                let wv = wk[ky * k + kx];
+                let start = match s {
+                    2 if kx % 2 == 0 => kx / 2,
+                    2 => even + kx / 2,
+                    _ => usize::MAX,
+                };
+                if start != usize::MAX {
+                    let tap = &prow[start..start + ow];
+                    for (d, v) in row.iter_mut().zip(tap) {
                         *d += wv * v;
                     }
                 } else {
-                    for (i, d) in row[lo..hi].iter_mut().enumerate() {
-                        *d += wv * src_row[first + i * s];
+                    for (ox, d) in row.iter_mut().enumerate() {
+                        *d += wv * prow[ox * s + kx];
                     }
                 }
             }
         }
     }
+}
 }
 
 /// TFLite `PRELU` with one slope per channel, as a `CustomOp1` (one pass instead of the four
