@@ -27,8 +27,8 @@ use super::detection::{
     AnchorOptions, DecodeOptions, RawDetection, decode, generate_anchors, weighted_nms,
 };
 use super::ops::{
-    Activation, Conv2d, DepthwiseConv2d, Padding, conv, depth_to_space, depthwise, head_to_anchors,
-    images_to_tensor, max_pool2, pointwise,
+    Activation, Conv2d, DepthwiseConv2d, Padding, add, conv, depth_to_space, depthwise,
+    head_to_anchors, images_to_tensor, max_pool2, pointwise,
 };
 use super::roi::{Border, RotatedRect, crop};
 use super::{Result, build, check_image};
@@ -385,7 +385,7 @@ impl FullRange {
             let y = self.up[k].forward(&x)?;
             let (_, _, h, w) = y.dims4()?;
             let y = super::ops::resize_bilinear(&y, 2 * h, 2 * w)?;
-            x = (y + &skips[2 - k])?;
+            x = add(&y, &skips[2 - k])?;
             for b in blocks {
                 x = b.forward(&x)?;
             }

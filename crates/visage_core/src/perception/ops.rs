@@ -11,10 +11,17 @@
 //! - PReLU is `x` for `x >= 0`, `alpha[c] * x` otherwise, per channel.
 //! - Bilinear resizes use TensorFlow's half-pixel centres (`align_corners = false`).
 //!
-//! Depthwise convolutions run through [`DepthwiseConv2d`], a candle `CustomOp1` with direct
-//! loops over contiguous planes (parallel over planes with rayon). candle's grouped
-//! `conv2d` splits the input into one convolution per channel, which is far slower for
-//! these networks (see `benches/perception.rs`, group `depthwise`).
+//! Speed. The layers are candle custom ops over contiguous `f32` slices:
+//! - [`DepthwiseConv2d`]: direct loops over each padded plane, every tap one contiguous axpy,
+//!   planes in parallel with rayon. candle's grouped `conv2d` runs one convolution per
+//!   channel, 10–50× slower here (`benches/perception.rs`, group `depthwise`).
+//! - [`Conv2d`]: im2col (skipped for 1×1) and one `gemm` whose destination starts as bias
+//!   (+ residual), then the activation (ReLU, ReLU6 or PReLU) in place: one op per layer
+//!   instead of conv, bias add, residual add and activation.
+//! - [`add`], [`scale_channels`], [`max_pool2`]: single-pass kernels. candle runs
+//!   elementwise ops above 64K elements on a spinning thread pool, which costs more than
+//!   it saves for tensors this size, especially on a busy machine.
+//! Inner loops are compiled twice (baseline and AVX2+FMA) and chosen at run time.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, bail,
@@ -189,11 +196,28 @@ pub fn pad_channels(x: &Tensor, channels: usize) -> Result<Tensor> {
 /// 2×2 max pooling with stride 2 (TFLite `MAX_POOL_2D`; `SAME` and `VALID` agree for the even
 /// sizes these networks use).
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if h % 2 != 0 || w % 2 != 0 {
-        bail!("max_pool2: odd spatial size {h}x{w}");
+    x.contiguous()?.apply_op1_no_bwd(&Elementwise::MaxPool2)
+}
+
+/// `a + b` for two tensors of the same shape, without candle's thread pool (see the module
+/// notes on threading).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?
+        .apply_op2_no_bwd(&b.contiguous()?, &ScaleAdd { scaled: false })
+}
+
+/// `x * g + y`: `x` and `y` `[N, C, H, W]`, `g` `[N, C, 1, 1]` (a per-channel gate, as in
+/// squeeze-and-excitation). Pass `y = None` for `x * g`.
+pub fn scale_channels(x: &Tensor, g: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let g = g.reshape((n, c))?.contiguous()?;
+    let gated = x
+        .contiguous()?
+        .apply_op2_no_bwd(&g, &ScaleAdd { scaled: true })?;
+    match y {
+        Some(y) => add(&gated, y),
+        None => Ok(gated),
     }
-    x.max_pool2d(2)
 }
 
 /// Global average over the spatial dimensions, keeping them as 1×1 (TFLite `AVERAGE_POOL_2D`
@@ -733,70 +757,13 @@ fn depthwise_plane(
 }
 }
 
-/// TFLite `PRELU` with one slope per channel, as a `CustomOp1` (one pass instead of the four
-/// candle ops `max(x,0) + a * min(x,0)` would take).
-#[derive(Debug, Clone)]
-pub struct PRelu {
-    alpha: Vec<f32>,
-}
-
-impl PRelu {
-    /// Loads `alpha` `[channels]` from `vb`.
-    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
-        Ok(Self {
-            alpha: vb.get(channels, "alpha")?.to_vec1::<f32>()?,
-        })
-    }
-}
-
-impl Module for PRelu {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
-    }
-}
-
-impl CustomOp1 for PRelu {
-    fn name(&self) -> &'static str {
-        "prelu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims();
-        if dims.len() != 4 || dims[1] != self.alpha.len() {
-            bail!(
-                "prelu: input {:?} does not have {} channels",
-                dims,
-                self.alpha.len()
-            );
-        }
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("prelu: input must be contiguous");
-        };
-        let input = &storage.as_slice::<f32>()?[start..end];
-        let c = dims[1];
-        let plane = dims[2] * dims[3];
-        let mut out = input.to_vec();
-        let min_len = (MIN_PARALLEL_WORK / plane.max(1)).max(1);
-        out.par_chunks_mut(plane)
-            .with_min_len(min_len)
-            .enumerate()
-            .for_each(|(p, dst)| {
-                let a = self.alpha[p % c];
-                for v in dst.iter_mut() {
-                    if *v < 0.0 {
-                        *v *= a;
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-/// Elementwise functions without a candle equivalent of the exact TFLite form.
+/// Elementwise functions without a candle equivalent of the exact TFLite form, and 2×2 max
+/// pooling (single pass, no thread pool).
 #[derive(Debug, Clone, Copy)]
 enum Elementwise {
     HardSwish,
     Sigmoid,
+    MaxPool2,
 }
 
 impl CustomOp1 for Elementwise {
@@ -804,6 +771,7 @@ impl CustomOp1 for Elementwise {
         match self {
             Elementwise::HardSwish => "hard-swish",
             Elementwise::Sigmoid => "sigmoid",
+            Elementwise::MaxPool2 => "max-pool-2x2",
         }
     }
 
@@ -818,8 +786,73 @@ impl CustomOp1 for Elementwise {
                 .map(|&x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0)
                 .collect(),
             Elementwise::Sigmoid => input.iter().map(|&x| sigmoid_f32(x)).collect(),
+            Elementwise::MaxPool2 => {
+                let (n, c, h, w) = layout.shape().dims4()?;
+                if h % 2 != 0 || w % 2 != 0 {
+                    bail!("max_pool2: odd spatial size {h}x{w}");
+                }
+                let (oh, ow) = (h / 2, w / 2);
+                let mut out = Vec::with_capacity(n * c * oh * ow);
+                for plane in input.chunks(h * w) {
+                    for oy in 0..oh {
+                        let r0 = &plane[2 * oy * w..(2 * oy + 1) * w];
+                        let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
+                        for ox in 0..ow {
+                            let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                            let b = r1[2 * ox].max(r1[2 * ox + 1]);
+                            out.push(a.max(b));
+                        }
+                    }
+                }
+                return Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))));
+            }
         };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `a + b` (same shape) or `a * g` (per-channel gate `[N, C]`), single pass.
+struct ScaleAdd {
+    scaled: bool,
+}
+
+impl CustomOp2 for ScaleAdd {
+    fn name(&self) -> &'static str {
+        if self.scaled { "scale-channels" } else { "add" }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("{}: inputs must be contiguous", self.name());
+        };
+        let a = &s1.as_slice::<f32>()?[a0..a1];
+        let b = &s2.as_slice::<f32>()?[b0..b1];
+        let out: Vec<f32> = if self.scaled {
+            let (n, c, h, w) = l1.shape().dims4()?;
+            if b.len() != n * c {
+                bail!(
+                    "scale_channels: gate has {} values for {n}x{c} channels",
+                    b.len()
+                );
+            }
+            a.chunks(h * w)
+                .zip(b)
+                .flat_map(|(plane, &g)| plane.iter().map(move |v| v * g))
+                .collect()
+        } else {
+            if l1.shape() != l2.shape() {
+                bail!("add: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+            }
+            a.iter().zip(b).map(|(x, y)| x + y).collect()
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -1185,6 +1218,23 @@ mod tests {
         for (a, b) in y.iter().zip(&expect) {
             assert!((a - b).abs() < 1e-6, "{y:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn small_ops_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(pseudo_random(2 * 3 * 6 * 8, 21), (2, 3, 6, 8), &dev)?;
+        let y = Tensor::from_vec(pseudo_random(2 * 3 * 6 * 8, 22), (2, 3, 6, 8), &dev)?;
+        let g = Tensor::from_vec(pseudo_random(6, 23), (2, 3, 1, 1), &dev)?;
+        let max_diff = |a: Tensor, b: Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        assert_eq!(max_diff(max_pool2(&x)?, x.max_pool2d(2)?)?, 0.0);
+        assert_eq!(max_diff(add(&x, &y)?, (&x + &y)?)?, 0.0);
+        let expect = (x.broadcast_mul(&g)? + &y)?;
+        assert_eq!(max_diff(scale_channels(&x, &g, Some(&y))?, expect)?, 0.0);
+        assert!(add(&x, &g).is_err(), "shape mismatch is an error");
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use super::detection::{
 };
 use super::face_mesh::PReluBlock;
 use super::ops::{
-    Activation, Conv2d, Padding, conv, head_to_anchors, images_to_tensor, pointwise, prelu,
+    Activation, Conv2d, Padding, add, conv, head_to_anchors, images_to_tensor, pointwise, prelu,
     resize_bilinear,
 };
 use super::roi::{Border, RotatedRect, crop};
@@ -206,12 +206,12 @@ impl Model {
             skip12.expect("backbone has 19 blocks"),
         );
         let up = resize_bilinear(&x, 12, 12)?;
-        let mut y = (self.up12.forward(&up)? + skip12)?;
+        let mut y = add(&self.up12.forward(&up)?, &skip12)?;
         for b in &self.blocks12 {
             y = b.forward(&y)?;
         }
         let up = resize_bilinear(&y, 24, 24)?;
-        let mut z = (self.up24.forward(&up)? + skip24)?;
+        let mut z = add(&self.up24.forward(&up)?, &skip24)?;
         for b in &self.blocks24 {
             z = b.forward(&z)?;
         }

@@ -14,8 +14,9 @@ use candle_nn::VarBuilder;
 use image::{GrayImage, Luma, RgbImage};
 
 use super::ops::{
-    Activation, Conv2d, DepthwiseConv2d, Padding, TransposeConv2x2, conv, depthwise,
-    global_avg_pool, hard_swish, images_to_tensor, pointwise, resize_bilinear, sigmoid,
+    Activation, Conv2d, DepthwiseConv2d, Padding, TransposeConv2x2, add, conv, depthwise,
+    global_avg_pool, hard_swish, images_to_tensor, pointwise, resize_bilinear, scale_channels,
+    sigmoid,
 };
 use super::roi::{Border, RotatedRect, crop};
 use super::{Result, build, check_image};
@@ -100,7 +101,7 @@ impl SqueezeExcite {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.gate(x)?)
+        scale_channels(x, &self.gate(x)?, None)
     }
 }
 
@@ -165,10 +166,10 @@ impl DecoderStage {
     fn forward(&self, x: &Tensor, skip: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let up = self.up.forward(&resize_bilinear(x, 2 * h, 2 * w)?)?;
-        let g = self.gate.gate(&(skip + &up)?)?;
-        let m = (skip.broadcast_mul(&g)? + up)?;
+        let g = self.gate.gate(&add(skip, &up)?)?;
+        let m = scale_channels(skip, &g, Some(&up))?;
         let r = self.refine.forward(&m)?;
-        r.clone() + self.dw.forward(&r)?
+        add(&r, &self.dw.forward(&r)?)
     }
 }
 
@@ -264,7 +265,7 @@ impl Model {
             }
         }
         let g = sigmoid(&self.context_gate.forward(&global_avg_pool(&x)?)?)?;
-        let mut y = self.context.forward(&x)?.broadcast_mul(&g)?;
+        let mut y = scale_channels(&self.context.forward(&x)?, &g, None)?;
         y = self.decoder[0].forward(&y, &skips[1])?;
         y = self.decoder[1].forward(&y, &skips[0])?;
         y = self.decoder[2].forward(&y, &s0)?;
