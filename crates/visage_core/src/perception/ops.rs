@@ -21,6 +21,7 @@
 //! - [`add`], [`scale_channels`], [`max_pool2`]: single-pass kernels. candle runs
 //!   elementwise ops above 64K elements on a spinning thread pool, which costs more than
 //!   it saves for tensors this size, especially on a busy machine.
+//!
 //! Inner loops are compiled twice (baseline and AVX2+FMA) and chosen at run time.
 
 use candle_core::{
