@@ -154,6 +154,19 @@ pub struct PhotometricPass {
     chunk_bad: Vec<bool>,
     grads: Gradients,
     weight_sum: f64,
+    loss: f64,
+}
+
+impl std::fmt::Debug for PhotometricPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhotometricPass")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("num_vertices", &self.num_vertices)
+            .field("num_triangles", &self.triangles.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PhotometricPass {
@@ -244,6 +257,7 @@ impl PhotometricPass {
                 },
             },
             weight_sum: 0.0,
+            loss: 0.0,
         })
     }
 
@@ -299,6 +313,12 @@ impl PhotometricPass {
     /// The loss normaliser `Σ w` over the pixels in the loss, from the last forward.
     pub fn weight_sum(&self) -> f64 {
         self.weight_sum
+    }
+
+    /// The loss of the last forward in double precision (the reduction over pixels runs in
+    /// `f64`; [`PhotometricPass::forward`] returns it rounded to `f32`).
+    pub fn loss_f64(&self) -> f64 {
+        self.loss
     }
 
     /// The gradients of the last [`PhotometricPass::loss_and_grad`].
@@ -624,7 +644,8 @@ impl PhotometricPass {
             .iter()
             .fold((0.0f64, 0.0f64), |a, s| (a.0 + s[0], a.1 + s[1]));
         self.weight_sum = den;
-        Ok(if den > 0.0 { (num / den) as f32 } else { 0.0 })
+        self.loss = if den > 0.0 { num / den } else { 0.0 };
+        Ok(self.loss as f32)
     }
 
     fn band_rows_px(&self) -> usize {
