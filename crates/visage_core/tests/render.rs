@@ -1,8 +1,6 @@
 //! Tests of the CPU photometric pass: finite-difference gradient checks for every parameter
 //! group, z-buffer order, masking, and recovery of known parameters with Adam.
 
-#![allow(clippy::needless_range_loop)]
-
 use visage_core::render::mesh::icosphere;
 use visage_core::render::sh::ambient;
 use visage_core::render::{

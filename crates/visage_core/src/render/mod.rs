@@ -17,10 +17,6 @@
 //!   [`Fitter`], the CPU loop, with [`VertexModel`] as the chain-rule hook to shape parameters.
 //! - [`composite_over`], [`write_png`]: occluder layers and image output.
 
-// Index loops over colour channels, SH coefficients and triangle corners mirror the formulas in
-// `docs/photometric.md` (and the WGSL port) more directly than iterator chains.
-#![allow(clippy::needless_range_loop)]
-
 pub mod adam;
 pub mod camera;
 pub mod fit;
