@@ -141,6 +141,8 @@ pub struct PhotometricPass {
     tri_cross: Vec<[f32; 3]>,
     verts: Vec<VertexState>,
     setup: Vec<TriSetup>,
+    /// Triangles with a non-empty pixel box in the current render, in index order.
+    active: Vec<u32>,
     pixels: Vec<PixelSample>,
     colour: Vec<[f32; 3]>,
     residual: Vec<[f32; 3]>,
@@ -154,6 +156,19 @@ pub struct PhotometricPass {
     chunk_bad: Vec<bool>,
     grads: Gradients,
     weight_sum: f64,
+    loss: f64,
+}
+
+impl std::fmt::Debug for PhotometricPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhotometricPass")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("num_vertices", &self.num_vertices)
+            .field("num_triangles", &self.triangles.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PhotometricPass {
@@ -223,6 +238,7 @@ impl PhotometricPass {
             tri_cross: vec![[0.0; 3]; triangles.len()],
             verts: vec![VertexState::default(); num_vertices],
             setup: vec![TriSetup::default(); triangles.len()],
+            active: Vec::with_capacity(triangles.len()),
             pixels: vec![EMPTY_PIXEL; w * h],
             colour: vec![[0.0; 3]; w * h],
             residual: vec![[0.0; 3]; w * h],
@@ -244,6 +260,7 @@ impl PhotometricPass {
                 },
             },
             weight_sum: 0.0,
+            loss: 0.0,
         })
     }
 
@@ -299,6 +316,12 @@ impl PhotometricPass {
     /// The loss normaliser `Σ w` over the pixels in the loss, from the last forward.
     pub fn weight_sum(&self) -> f64 {
         self.weight_sum
+    }
+
+    /// The loss of the last forward in double precision (the reduction over pixels runs in
+    /// `f64`; [`PhotometricPass::forward`] returns it rounded to `f32`).
+    pub fn loss_f64(&self) -> f64 {
+        self.loss
     }
 
     /// The gradients of the last [`PhotometricPass::loss_and_grad`].
@@ -459,10 +482,14 @@ impl PhotometricPass {
                 if umax < 0.0 || vmax < 0.0 || umin > wf || vmin > hf {
                     return;
                 }
-                let x0 = (umin - 0.5).ceil().max(0.0) as i32;
-                let x1 = (umax - 0.5).floor().min(wf - 1.0) as i32;
-                let y0 = (vmin - 0.5).ceil().max(0.0) as i32;
-                let y1 = (vmax - 0.5).floor().min(hf - 1.0) as i32;
+                // Pixel x is inside the box when its centre x + 0.5 lies in [umin, umax].
+                let x0 = ceil_nonneg((umin - 0.5).max(0.0));
+                let y0 = ceil_nonneg((vmin - 0.5).max(0.0));
+                let (xe, ye) = ((umax - 0.5).min(wf - 1.0), (vmax - 0.5).min(hf - 1.0));
+                if xe < 0.0 || ye < 0.0 {
+                    return;
+                }
+                let (x1, y1) = (xe as i32, ye as i32);
                 let ia = 1.0 / area;
                 s.bbox = [x0, y0, x1, y1];
                 s.p0 = [p[0][0], p[0][1]];
@@ -473,7 +500,14 @@ impl PhotometricPass {
                     [p[0][2], p[1][2], p[2][2]]
                 };
             });
+        self.active.clear();
+        for (ti, s) in self.setup.iter().enumerate() {
+            if s.bbox[0] <= s.bbox[2] && s.bbox[1] <= s.bbox[3] {
+                self.active.push(ti as u32);
+            }
+        }
         let setup = &self.setup;
+        let active = &self.active;
         let width = self.width;
         let band_rows = self.config.band_rows as usize;
         self.pixels
@@ -483,15 +517,16 @@ impl PhotometricPass {
                 band.fill(EMPTY_PIXEL);
                 let r0 = (bi * band_rows) as i32;
                 let r1 = r0 + (band.len() / width) as i32 - 1;
-                for (ti, s) in setup.iter().enumerate() {
+                for &ti in active {
+                    let s = &setup[ti as usize];
                     let [x0, y0, x1, y1] = s.bbox;
-                    if x0 > x1 || y1 < r0 || y0 > r1 {
+                    if y1 < r0 || y0 > r1 {
                         continue;
                     }
-                    for y in y0.max(r0)..=y1.min(r1) {
+                    for y in y0.max(r0)..y1.min(r1) + 1 {
                         let dy = y as f32 + 0.5 - s.p0[1];
                         let row = &mut band[(y - r0) as usize * width..][..width];
-                        for x in x0..=x1 {
+                        for x in x0..x1 + 1 {
                             let dx = x as f32 + 0.5 - s.p0[0];
                             let l1 = dx * s.k[0] - dy * s.k[1];
                             let l2 = dy * s.k[2] - dx * s.k[3];
@@ -509,7 +544,7 @@ impl PhotometricPass {
                                     [l0, l1, l2]
                                 };
                                 *px = PixelSample {
-                                    triangle: ti as u32,
+                                    triangle: ti,
                                     depth_key: key,
                                     bary,
                                 };
@@ -624,7 +659,8 @@ impl PhotometricPass {
             .iter()
             .fold((0.0f64, 0.0f64), |a, s| (a.0 + s[0], a.1 + s[1]));
         self.weight_sum = den;
-        Ok(if den > 0.0 { (num / den) as f32 } else { 0.0 })
+        self.loss = if den > 0.0 { num / den } else { 0.0 };
+        Ok(self.loss as f32)
     }
 
     fn band_rows_px(&self) -> usize {
@@ -891,6 +927,13 @@ fn pixel_backward(
         acc[o + 4] += gy;
         acc[o + 5] += gz[j];
     }
+}
+
+/// `ceil` of a non-negative finite float, without a libm call.
+#[inline(always)]
+fn ceil_nonneg(x: f32) -> i32 {
+    let i = x as i32;
+    i + ((i as f32) < x) as i32
 }
 
 #[inline(always)]
