@@ -16,11 +16,11 @@ use bevy::prelude::*;
 use bevy::render::RenderPlugin;
 use bevy::window::ExitCondition;
 use bevy_visage::gpu::{
-    Evaluation, FitBackend, JobKind, JobOutput, PhotometricFit, PhotometricFitDone,
+    Evaluation, FitBackend, FitOutcome, JobKind, JobOutput, PhotometricFit, PhotometricFitDone,
     PhotometricFitPlugin, PhotometricFitProgress, PhotometricJob, PhotometricJobError, UsedBackend,
     run_cpu,
 };
-use visage_core::render::mesh::icosphere;
+use visage_core::render::mesh::{icosphere, procedural_head};
 use visage_core::render::{
     AdamSettings, Camera, FitProblem, FitStage, FitVariables, GroupSchedule, LossConfig,
     ParamGroup, PassConfig, PhotometricPass, RobustLoss, Scene, sh,
@@ -66,15 +66,97 @@ fn weak_perspective() -> Camera {
     }
 }
 
-/// An icosphere (642 vertices, 1280 triangles) against a photo rendered from perturbed
-/// parameters plus noise, with a soft face mask and an occluding bar.
-fn job(
+/// Geometry, image size and cameras of a test scene.
+struct Spec {
+    base: Vec<[f32; 3]>,
+    triangles: Vec<[u32; 3]>,
+    size: u32,
     camera: Camera,
+    /// The camera that rendered the photo.
+    true_camera: Camera,
+    /// Scale of the initial random vertex offsets, metres.
+    offset_scale: f32,
+    /// Learning rates of the camera (stage 1, stage 2) and of the offsets.
+    lr_camera: [f32; 2],
+    lr_shape: f32,
+}
+
+/// An icosphere (642 vertices, 1280 triangles) at 64×64.
+fn sphere(camera: Camera) -> Spec {
+    let (base, triangles) = icosphere(3);
+    let true_camera = match camera {
+        Camera::Perspective { translation: t, .. } => Camera::Perspective {
+            fx: 84.0,
+            fy: 85.0,
+            cx: 32.5,
+            cy: 31.9,
+            translation: [t[0] - 0.04, t[1] + 0.06, t[2] + 0.1],
+        },
+        Camera::WeakPerspective { .. } => Camera::WeakPerspective {
+            scale: 25.5,
+            offset: [31.2, 32.8],
+        },
+    };
+    Spec {
+        base,
+        triangles,
+        size: SIZE,
+        camera,
+        true_camera,
+        offset_scale: 0.01,
+        lr_camera: [0.02, 0.005],
+        lr_shape: 0.002,
+    }
+}
+
+/// The procedural head with FLAME's vertex count (5023 vertices, 9982 triangles) at 192×192,
+/// many triangles smaller than a pixel.
+fn head() -> Spec {
+    let (base, triangles) = procedural_head();
+    let camera = Camera::Perspective {
+        fx: 480.0,
+        fy: 480.0,
+        cx: 96.0,
+        cy: 97.0,
+        translation: [0.0, 0.0, -0.6],
+    };
+    let true_camera = Camera::Perspective {
+        fx: 490.0,
+        fy: 488.0,
+        cx: 95.0,
+        cy: 96.5,
+        translation: [0.004, -0.003, -0.61],
+    };
+    Spec {
+        base,
+        triangles,
+        size: 192,
+        camera,
+        true_camera,
+        offset_scale: 0.002,
+        lr_camera: [0.002, 0.0005],
+        lr_shape: 0.0002,
+    }
+}
+
+/// A job on `spec` against a photo rendered from perturbed shape, albedo, light and camera
+/// plus noise, with a soft face mask and an occluding bar.
+fn job(
+    spec: Spec,
     penalty: RobustLoss,
     background: Option<[f32; 3]>,
     kind: JobKind,
 ) -> PhotometricJob {
-    let (base, triangles) = icosphere(3);
+    let Spec {
+        base,
+        triangles,
+        size,
+        camera,
+        true_camera,
+        offset_scale,
+        lr_camera,
+        lr_shape,
+    } = spec;
     let nv = base.len();
     let albedo: Vec<[f32; 3]> = (0..nv as u32)
         .map(|i| {
@@ -102,20 +184,7 @@ fn job(
             [a[0] + d, a[1] - d, a[2] + 0.5 * d]
         })
         .collect();
-    let true_camera = match camera {
-        Camera::Perspective { translation: t, .. } => Camera::Perspective {
-            fx: 84.0,
-            fy: 85.0,
-            cx: 32.5,
-            cy: 31.9,
-            translation: [t[0] - 0.04, t[1] + 0.06, t[2] + 0.1],
-        },
-        Camera::WeakPerspective { .. } => Camera::WeakPerspective {
-            scale: 25.5,
-            offset: [31.2, 32.8],
-        },
-    };
-    let mut pass = PhotometricPass::new(SIZE, SIZE, &triangles, nv, PassConfig::default()).unwrap();
+    let mut pass = PhotometricPass::new(size, size, &triangles, nv, PassConfig::default()).unwrap();
     let sh_true = lighting(1.2);
     let rendered = pass
         .render(
@@ -137,24 +206,26 @@ fn job(
             [c[0] + n, c[1] - n, c[2] + 0.5 * n]
         })
         .collect();
-    let face_mask: Vec<f32> = (0..SIZE * SIZE)
+    // Mask geometry in units of the 64-pixel scene.
+    let u = size as f32 / 64.0;
+    let face_mask: Vec<f32> = (0..size * size)
         .map(|i| {
-            let (x, y) = ((i % SIZE) as f32 - 32.0, (i / SIZE) as f32 - 30.0);
+            let (x, y) = ((i % size) as f32 / u - 32.0, (i / size) as f32 / u - 30.0);
             (1.2 - (x * x + y * y).sqrt() / 30.0).clamp(0.0, 1.0)
         })
         .collect();
-    let occlusion_mask: Vec<f32> = (0..SIZE * SIZE)
+    let occlusion_mask: Vec<f32> = (0..size * size)
         .map(|i| {
-            let (x, y) = (i % SIZE, i / SIZE);
-            if (38..46).contains(&y) && x > 20 {
-                if x < 24 { 0.5 } else { 1.0 }
+            let (x, y) = ((i % size) as f32 / u, (i / size) as f32 / u);
+            if (38.0..46.0).contains(&y) && x > 20.0 {
+                if x < 24.0 { 0.5 } else { 1.0 }
             } else {
                 0.0
             }
         })
         .collect();
     let shape: Vec<f32> = (0..3 * nv as u32)
-        .map(|i| 0.01 * (hash01(i, 7) - 0.5))
+        .map(|i| offset_scale * (hash01(i, 7) - 0.5))
         .collect();
     let camera_group = ParamGroup::Camera {
         focal: true,
@@ -163,8 +234,8 @@ fn job(
     };
     let g = |group, lr, l2| GroupSchedule { group, lr, l2 };
     PhotometricJob {
-        width: SIZE,
-        height: SIZE,
+        width: size,
+        height: size,
         triangles,
         base_vertices: base,
         image,
@@ -188,7 +259,7 @@ fn job(
                     name: "rigid".into(),
                     steps: 12,
                     groups: vec![
-                        g(camera_group, 0.02, 0.0),
+                        g(camera_group, lr_camera[0], 0.0),
                         g(ParamGroup::Lighting, 0.02, 0.01),
                     ],
                 },
@@ -197,7 +268,7 @@ fn job(
                     steps: 12,
                     groups: vec![
                         g(ParamGroup::Albedo, 0.01, 0.1),
-                        g(ParamGroup::Shape, 0.002, 1.0),
+                        g(ParamGroup::Shape, lr_shape, 1.0),
                         g(ParamGroup::Lighting, 0.01, 0.0),
                         g(
                             ParamGroup::Camera {
@@ -205,7 +276,7 @@ fn job(
                                 principal_point: false,
                                 translation: true,
                             },
-                            0.005,
+                            lr_camera[1],
                             0.0,
                         ),
                     ],
@@ -302,26 +373,30 @@ const EVAL_PERSPECTIVE_HUBER_BG: usize = 1;
 const EVAL_WEAK_GM: usize = 2;
 const FIT_PERSPECTIVE: usize = 3;
 const FIT_WEAK: usize = 4;
+const EVAL_HEAD: usize = 5;
+const FIT_HEAD: usize = 6;
 
 fn gpu_results() -> &'static GpuResults {
     static RESULTS: OnceLock<GpuResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let jobs = vec![
-            job(perspective(-3.0), RobustLoss::L1, None, JobKind::Evaluate),
+            job(sphere(perspective(-3.0)), RobustLoss::L1, None, JobKind::Evaluate),
             job(
-                perspective(-3.0),
+                sphere(perspective(-3.0)),
                 RobustLoss::Huber { delta: 0.05 },
                 Some([0.2, 0.25, 0.3]),
                 JobKind::Evaluate,
             ),
             job(
-                weak_perspective(),
+                sphere(weak_perspective()),
                 RobustLoss::GemanMcClure { sigma: 0.1 },
                 None,
                 JobKind::Evaluate,
             ),
-            job(perspective(-3.0), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
-            job(weak_perspective(), RobustLoss::L1, None, JobKind::Fit),
+            job(sphere(perspective(-3.0)), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
+            job(sphere(weak_perspective()), RobustLoss::L1, None, JobKind::Fit),
+            job(head(), RobustLoss::L1, None, JobKind::Evaluate),
+            job(head(), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
         ];
         let start = Instant::now();
         let mut app = gpu_app();
@@ -356,8 +431,8 @@ fn gpu_results() -> &'static GpuResults {
             .collect();
         // A job replaced while it runs: the first job's read-backs (another tag) must be ignored
         // and exactly one completion, the second job's, must arrive.
-        let first = job(perspective(-3.0), RobustLoss::L1, None, JobKind::Fit);
-        let second = job(weak_perspective(), RobustLoss::L1, None, JobKind::Evaluate);
+        let first = job(sphere(perspective(-3.0)), RobustLoss::L1, None, JobKind::Fit);
+        let second = job(sphere(weak_perspective()), RobustLoss::L1, None, JobKind::Evaluate);
         let entity = app
             .world_mut()
             .spawn(
@@ -496,71 +571,49 @@ fn gpu_loss_and_gradients_match_cpu_weak_perspective_geman_mcclure() {
     eval_test(EVAL_WEAK_GM, "weak perspective, Geman-McClure");
 }
 
-fn fit_test(i: usize, name: &str) {
-    let r = gpu_results();
-    let gpu = gpu_output(i).fit().expect("a fit");
-    let cpu_out = run_cpu(&r.jobs[i]).unwrap();
-    let cpu = cpu_out.fit().unwrap();
-    let init = &r.jobs[i].initial;
-    assert_eq!(gpu.history.len(), cpu.history.len());
-    assert_eq!(gpu.history.len(), 24);
-    let progress = r.progress[i].as_ref().expect("a progress component");
-    assert!(progress.finished);
-    assert_eq!(progress.backend, UsedBackend::Gpu);
-    assert_eq!((progress.steps_done, progress.total_steps), (24, 24));
-    assert_eq!(progress.last.as_ref(), gpu.history.last());
-    let mut worst_obj = 0.0f64;
-    for (a, b) in gpu.history.iter().zip(&cpu.history) {
-        assert_eq!((a.stage, a.step), (b.stage, b.step));
-        worst_obj = worst_obj.max(((a.objective - b.objective) / b.objective).abs() as f64);
+/// How far apart two fits of the same job are.
+struct FitDistance {
+    /// Worst relative difference of the per-step objectives.
+    objective: f64,
+    /// Relative difference of the final losses.
+    final_loss: f64,
+    /// Per group (offsets, albedo, SH, camera) of the change θ − θ₀: cosine similarity,
+    /// relative error, largest absolute difference in units of the group's largest learning
+    /// rate (one Adam step moves a parameter by about that much), and the fraction of
+    /// parameters that differ by more than 1% of the group's largest change.
+    groups: [(f64, f64, f64, f64); 4],
+}
+
+const GROUPS: [&str; 4] = ["offsets", "albedo", "sh", "camera"];
+
+fn fit_distance(job: &PhotometricJob, a: &FitOutcome, b: &FitOutcome) -> FitDistance {
+    assert_eq!(a.history.len(), b.history.len());
+    let mut objective = 0.0f64;
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert_eq!((x.stage, x.step), (y.stage, y.step));
+        objective = objective.max(((x.objective - y.objective) / y.objective).abs() as f64);
     }
-    let first = cpu.history[0].objective;
-    let last = cpu.history.last().unwrap().objective;
-    eprintln!(
-        "{name}: objective {first:.6} -> {last:.6} (CPU); worst per-step relative objective difference {worst_obj:.2e}; final loss GPU {:.7} CPU {:.7}",
-        gpu.final_photometric, cpu.final_photometric
-    );
-    assert!(
-        last < 0.9 * first,
-        "{name}: the fit did not reduce the objective"
-    );
-    assert!(worst_obj < 1e-3, "{name}: objectives differ by {worst_obj}");
-    let final_rel = ((gpu.final_photometric - cpu.final_photometric) / cpu.final_photometric).abs();
-    assert!(
-        final_rel < 1e-3,
-        "{name}: final loss differs by {final_rel}"
-    );
-    // Parameter changes (θ − θ₀) per group.
+    let final_loss =
+        ((a.final_photometric - b.final_photometric) / b.final_photometric).abs() as f64;
+    let init = &job.initial;
     let delta = |v: &FitVariables| -> [Vec<f64>; 4] {
+        let d = |x: Vec<f64>, y: Vec<f64>| x.iter().zip(&y).map(|(p, q)| p - q).collect();
         [
-            v.shape
-                .iter()
-                .zip(&init.shape)
-                .map(|(a, b)| (a - b) as f64)
-                .collect(),
-            flat3(&v.albedo)
-                .iter()
-                .zip(flat3(&init.albedo))
-                .map(|(a, b)| a - b)
-                .collect(),
-            flat3(&v.sh)
-                .iter()
-                .zip(flat3(&init.sh))
-                .map(|(a, b)| a - b)
-                .collect(),
-            v.camera
-                .params()
-                .iter()
-                .zip(init.camera.params())
-                .map(|(a, b)| (a - b) as f64)
-                .collect(),
+            d(
+                v.shape.iter().map(|&x| x as f64).collect(),
+                init.shape.iter().map(|&x| x as f64).collect(),
+            ),
+            d(flat3(&v.albedo), flat3(&init.albedo)),
+            d(flat3(&v.sh), flat3(&init.sh)),
+            d(
+                v.camera.params().iter().map(|&x| x as f64).collect(),
+                init.camera.params().iter().map(|&x| x as f64).collect(),
+            ),
         ]
     };
-    let (dg, dc) = (delta(&gpu.variables), delta(&cpu.variables));
-    // Largest learning rate of each group over the stages (the scale of one Adam step).
-    let groups = ["offsets", "albedo", "sh", "camera"];
+    let (da, db) = (delta(&a.variables), delta(&b.variables));
     let mut lr = [0.0f64; 4];
-    for stage in &r.jobs[i].problem.stages {
+    for stage in &job.problem.stages {
         for gs in &stage.groups {
             let k = match gs.group {
                 ParamGroup::Shape => 0,
@@ -571,40 +624,156 @@ fn fit_test(i: usize, name: &str) {
             lr[k] = lr[k].max(gs.lr as f64);
         }
     }
-    let mut failures = Vec::new();
-    for (k, group) in groups.iter().enumerate() {
-        let (cos, rel) = agreement(&dg[k], &dc[k]);
-        let max_diff = dg[k]
+    let groups = std::array::from_fn(|k| {
+        let (cos, rel) = agreement(&da[k], &db[k]);
+        let max_diff = da[k]
             .iter()
-            .zip(&dc[k])
-            .map(|(a, b)| (a - b).abs())
+            .zip(&db[k])
+            .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max);
-        let largest = dc[k].iter().map(|a| a.abs()).fold(0.0, f64::max);
-        let outliers = dg[k]
+        let largest = db[k].iter().map(|x| x.abs()).fold(0.0, f64::max);
+        let outliers = da[k]
             .iter()
-            .zip(&dc[k])
-            .filter(|(a, b)| (*a - *b).abs() > 1e-2 * largest)
+            .zip(&db[k])
+            .filter(|(x, y)| (*x - *y).abs() > 1e-2 * largest)
             .count();
-        eprintln!(
-            "{name}: change of {group} after 24 steps: cosine {cos:.8}, relative error {rel:.2e}, max |difference| {max_diff:.2e} = {:.3} Adam steps (largest change {largest:.2e}); {outliers} of {} differ by more than 1% of the largest change",
+        (
+            cos,
+            rel,
             max_diff / lr[k],
-            dc[k].len()
+            outliers as f64 / db[k].len() as f64,
+        )
+    });
+    FitDistance {
+        objective,
+        final_loss,
+        groups,
+    }
+}
+
+fn print_distance(name: &str, what: &str, d: &FitDistance) {
+    eprintln!(
+        "{name}, {what}: per-step objective within {:.2e}, final loss within {:.2e}",
+        d.objective, d.final_loss
+    );
+    for (g, (cos, rel, steps, outliers)) in GROUPS.iter().zip(&d.groups) {
+        eprintln!(
+            "{name}, {what}: change of {g}: cosine {cos:.8}, relative error {rel:.2e}, largest difference {steps:.3} Adam steps, {:.2}% differ by > 1% of the largest change",
+            100.0 * outliers
         );
-        if !(cos > 0.999 && rel < 2e-2 && max_diff < lr[k] && outliers * 100 <= dc[k].len()) {
-            failures.push(format!("{group}: cosine {cos}, relative error {rel}, max difference {max_diff}, {outliers} outliers"));
+    }
+}
+
+/// The GPU fit against the CPU fit. For reference it also prints how far the CPU fit moves
+/// when its initial albedo is perturbed by one part in 10^6 (about 8 ulp), the sensitivity
+/// that visibility changes and Adam's sign-like steps give any two implementations.
+fn fit_test(i: usize, name: &str, tol: FitTolerance) {
+    let r = gpu_results();
+    let job = &r.jobs[i];
+    let gpu = gpu_output(i).fit().expect("a fit");
+    let cpu_out = run_cpu(job).unwrap();
+    let cpu = cpu_out.fit().unwrap();
+    assert_eq!(gpu.history.len(), 24);
+    let progress = r.progress[i].as_ref().expect("a progress component");
+    assert!(progress.finished);
+    assert_eq!(progress.backend, UsedBackend::Gpu);
+    assert_eq!((progress.steps_done, progress.total_steps), (24, 24));
+    assert_eq!(progress.last.as_ref(), gpu.history.last());
+    let first = cpu.history[0].objective;
+    let last = cpu.history.last().unwrap().objective;
+    eprintln!("{name}: CPU objective {first:.6} -> {last:.6}");
+    assert!(
+        last < 0.9 * first,
+        "{name}: the fit did not reduce the objective"
+    );
+    let mut perturbed = job.clone();
+    for a in perturbed.initial.albedo.iter_mut().flatten() {
+        *a *= 1.0 + 1e-6;
+    }
+    let base_out = run_cpu(&perturbed).unwrap();
+    let baseline = fit_distance(job, base_out.fit().unwrap(), cpu);
+    print_distance(name, "CPU vs perturbed CPU", &baseline);
+    let d = fit_distance(job, gpu, cpu);
+    print_distance(name, "GPU vs CPU", &d);
+    let mut failures = Vec::new();
+    match tol {
+        FitTolerance::Absolute {
+            objective,
+            relative,
+            outliers: max_outliers,
+        } => {
+            if !(d.objective < objective && d.final_loss < objective) {
+                failures.push(format!(
+                    "objectives differ by {:.2e} / {:.2e}",
+                    d.objective, d.final_loss
+                ));
+            }
+            for (g, &(cos, rel, steps, outliers)) in GROUPS.iter().zip(&d.groups) {
+                if !(cos > 0.999 && rel < relative && steps < 1.0 && outliers < max_outliers) {
+                    failures.push(format!(
+                        "{g}: cosine {cos}, relative error {rel}, {steps} Adam steps, {outliers} outliers"
+                    ));
+                }
+            }
+        }
+        FitTolerance::Baseline { factor } => {
+            let within = |x: f64, base: f64, floor: f64| x <= factor * base + floor;
+            if !(within(d.objective, baseline.objective, 1e-4)
+                && within(d.final_loss, baseline.final_loss, 1e-4))
+            {
+                failures.push(format!(
+                    "objectives differ by {:.2e} / {:.2e}",
+                    d.objective, d.final_loss
+                ));
+            }
+            for ((g, &(cos, rel, steps, _)), &(bcos, brel, bsteps, _)) in
+                GROUPS.iter().zip(&d.groups).zip(&baseline.groups)
+            {
+                if !(within(1.0 - cos, 1.0 - bcos, 1e-5)
+                    && within(rel, brel, 1e-3)
+                    && within(steps, bsteps, 0.1))
+                {
+                    failures.push(format!(
+                        "{g}: cosine {cos}, relative error {rel}, {steps} Adam steps"
+                    ));
+                }
+            }
         }
     }
     assert!(failures.is_empty(), "{name}: the fits differ: {failures:?}");
 }
 
+/// Acceptance of a GPU fit (see `docs/photometric_gpu.md`).
+enum FitTolerance {
+    /// Fixed bounds; every group also within cosine 0.999 and one Adam step.
+    Absolute {
+        /// Relative difference of per-step objectives and of the final loss.
+        objective: f64,
+        /// Relative error of each group's change.
+        relative: f64,
+        /// Fraction of parameters differing by more than 1% of their group's largest change.
+        outliers: f64,
+    },
+    /// For a fit whose trajectory is itself sensitive at the f32 level: the GPU must be no
+    /// further from the CPU than `factor` times the CPU is from itself after a 1e-6 relative
+    /// perturbation (plus small floors).
+    Baseline { factor: f64 },
+}
+
+const SPHERE_FIT: FitTolerance = FitTolerance::Absolute {
+    objective: 1e-3,
+    relative: 2e-2,
+    outliers: 0.01,
+};
+
 #[test]
 fn gpu_adam_fit_matches_cpu_perspective_huber() {
-    fit_test(FIT_PERSPECTIVE, "fit, perspective, Huber");
+    fit_test(FIT_PERSPECTIVE, "fit, perspective, Huber", SPHERE_FIT);
 }
 
 #[test]
 fn gpu_adam_fit_matches_cpu_weak_perspective_l1() {
-    fit_test(FIT_WEAK, "fit, weak perspective, L1");
+    fit_test(FIT_WEAK, "fit, weak perspective, L1", SPHERE_FIT);
 }
 
 #[test]
@@ -620,15 +789,39 @@ fn gpu_job_replaced_while_running_reports_only_the_new_job() {
     compare_evaluation("replaced job", gpu, cpu.evaluation().unwrap());
 }
 
+#[test]
+fn gpu_loss_and_gradients_match_cpu_flame_sized_head() {
+    eval_test(EVAL_HEAD, "head 192x192, perspective, L1");
+}
+
+#[test]
+fn gpu_adam_fit_matches_cpu_flame_sized_head() {
+    fit_test(
+        FIT_HEAD,
+        "fit, head 192x192, perspective, Huber",
+        FitTolerance::Baseline { factor: 2.0 },
+    );
+}
+
 /// Without a renderer, `Auto` runs the CPU reference and gives exactly `run_cpu`'s answer;
 /// `Gpu` fails with a clear error; an invalid job fails with its reason.
 #[test]
 fn plugin_cpu_path_and_errors_without_renderer() {
     let mut app = App::new();
     app.add_plugins((MinimalPlugins, PhotometricFitPlugin::default()));
-    let fit = job(perspective(-3.0), RobustLoss::L1, None, JobKind::Fit);
+    let fit = job(
+        sphere(perspective(-3.0)),
+        RobustLoss::L1,
+        None,
+        JobKind::Fit,
+    );
     let expected = run_cpu(&fit).unwrap();
-    let mut bad = job(weak_perspective(), RobustLoss::L1, None, JobKind::Evaluate);
+    let mut bad = job(
+        sphere(weak_perspective()),
+        RobustLoss::L1,
+        None,
+        JobKind::Evaluate,
+    );
     bad.image.pop();
     let jobs = vec![
         PhotometricFit::new(fit.clone()),
