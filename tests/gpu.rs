@@ -2,10 +2,19 @@
 //! under Vulkan (Mesa's lavapipe in CI). Run with
 //! `cargo test --features gpu_tests --test gpu -- --nocapture` (prints the agreement numbers).
 //!
-//! Tolerances (justified in `docs/photometric_gpu.md`): the loss within 1e-4 relative; every
-//! gradient group with cosine similarity above 0.9999 and relative error below 1e-3 (the
-//! fixed-point accumulation itself is exact to 2^-32 per addition; what remains is f32 rounding
-//! in a different summation order); Adam fits within 1e-3 relative per parameter group.
+//! Tolerances (justified in `docs/photometric_gpu.md`):
+//! - one evaluation: the loss within 1e-4 relative, at most 2 pixels of different visibility,
+//!   every gradient group (vertices, albedo, SH, camera) with cosine similarity above 0.9999
+//!   and relative error below 1e-3. The fixed-point accumulation is exact to 2^-32 per
+//!   addition; what remains is f32 rounding in another summation order (measured: ~1e-7).
+//! - 24 Adam steps on the icosphere: per-step objectives and the final loss within 1e-3
+//!   relative; per group, the change of the parameters with cosine above 0.999, relative error
+//!   below 2e-2, no parameter more than one Adam step (its learning rate) apart, and at most 1%
+//!   of them more than 1% of the group's largest change apart. Adam amplifies f32-level
+//!   differences wherever visibility or the L1 sign flips, so fits cannot agree to rounding.
+//! - 24 Adam steps on the FLAME-sized head, a trajectory that is itself chaotic at the f32
+//!   level: the GPU no further from the CPU than twice the CPU is from itself after a 1e-6
+//!   relative perturbation of the initial albedo.
 #![cfg(feature = "gpu_tests")]
 
 use std::sync::OnceLock;
@@ -18,7 +27,7 @@ use bevy::window::ExitCondition;
 use bevy_visage::gpu::{
     Evaluation, FitBackend, FitOutcome, JobKind, JobOutput, PhotometricFit, PhotometricFitDone,
     PhotometricFitPlugin, PhotometricFitProgress, PhotometricJob, PhotometricJobError, UsedBackend,
-    run_cpu,
+    check_gpu_limits, run_cpu,
 };
 use visage_core::render::mesh::{icosphere, procedural_head};
 use visage_core::render::{
@@ -109,28 +118,29 @@ fn sphere(camera: Camera) -> Spec {
     }
 }
 
-/// The procedural head with FLAME's vertex count (5023 vertices, 9982 triangles) at 192×192,
-/// many triangles smaller than a pixel.
-fn head() -> Spec {
+/// The procedural head with FLAME's vertex count (5023 vertices, 9982 triangles) at
+/// `size × size` (at 192, many triangles are smaller than a pixel).
+fn head(size: u32) -> Spec {
     let (base, triangles) = procedural_head();
+    let k = size as f32 / 192.0;
     let camera = Camera::Perspective {
-        fx: 480.0,
-        fy: 480.0,
-        cx: 96.0,
-        cy: 97.0,
+        fx: 480.0 * k,
+        fy: 480.0 * k,
+        cx: 96.0 * k,
+        cy: 97.0 * k,
         translation: [0.0, 0.0, -0.6],
     };
     let true_camera = Camera::Perspective {
-        fx: 490.0,
-        fy: 488.0,
-        cx: 95.0,
-        cy: 96.5,
+        fx: 490.0 * k,
+        fy: 488.0 * k,
+        cx: 95.0 * k,
+        cy: 96.5 * k,
         translation: [0.004, -0.003, -0.61],
     };
     Spec {
         base,
         triangles,
-        size: 192,
+        size,
         camera,
         true_camera,
         offset_scale: 0.002,
@@ -334,15 +344,18 @@ fn run_jobs(
     jobs: Vec<PhotometricFit>,
     timeout: Duration,
 ) -> (Vec<PhotometricFitDone>, u32) {
-    app.init_resource::<Finished>();
-    app.add_systems(Last, collect);
+    if !app.world().contains_resource::<Finished>() {
+        app.init_resource::<Finished>();
+        app.add_systems(Last, collect);
+    }
+    let before = app.world().resource::<Finished>().0.len();
     let entities: Vec<Entity> = jobs
         .into_iter()
         .map(|j| app.world_mut().spawn(j).id())
         .collect();
     let start = Instant::now();
     let mut frames = 0;
-    while app.world().resource::<Finished>().0.len() < entities.len() {
+    while app.world().resource::<Finished>().0.len() < before + entities.len() {
         assert!(
             start.elapsed() < timeout,
             "jobs did not finish within {timeout:?} ({frames} frames)"
@@ -375,6 +388,7 @@ const FIT_PERSPECTIVE: usize = 3;
 const FIT_WEAK: usize = 4;
 const EVAL_HEAD: usize = 5;
 const FIT_HEAD: usize = 6;
+const EVAL_PERSPECTIVE_L1_AGAIN: usize = 7;
 
 fn gpu_results() -> &'static GpuResults {
     static RESULTS: OnceLock<GpuResults> = OnceLock::new();
@@ -395,8 +409,9 @@ fn gpu_results() -> &'static GpuResults {
             ),
             job(sphere(perspective(-3.0)), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
             job(sphere(weak_perspective()), RobustLoss::L1, None, JobKind::Fit),
-            job(head(), RobustLoss::L1, None, JobKind::Evaluate),
-            job(head(), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
+            job(head(192), RobustLoss::L1, None, JobKind::Evaluate),
+            job(head(192), RobustLoss::Huber { delta: 0.05 }, None, JobKind::Fit),
+            job(sphere(perspective(-3.0)), RobustLoss::L1, None, JobKind::Evaluate),
         ];
         let start = Instant::now();
         let mut app = gpu_app();
@@ -789,6 +804,26 @@ fn gpu_job_replaced_while_running_reports_only_the_new_job() {
     compare_evaluation("replaced job", gpu, cpu.evaluation().unwrap());
 }
 
+/// Integer atomics commute and every float reduction has a fixed order: two runs of the same
+/// job give bit-identical results.
+#[test]
+fn gpu_results_are_deterministic() {
+    let a = gpu_output(EVAL_PERSPECTIVE_L1).evaluation().unwrap();
+    let b = gpu_output(EVAL_PERSPECTIVE_L1_AGAIN).evaluation().unwrap();
+    let bits = |e: &Evaluation| -> Vec<u32> {
+        let g = &e.gradients;
+        let mut v = vec![e.loss.to_bits()];
+        v.extend(g.vertices.iter().flatten().map(|x| x.to_bits()));
+        v.extend(g.albedo.iter().flatten().map(|x| x.to_bits()));
+        v.extend(g.sh.iter().flatten().map(|x| x.to_bits()));
+        v.extend(g.camera.params().iter().map(|x| x.to_bits()));
+        v.extend(e.residuals.iter().flatten().map(|x| x.to_bits()));
+        v.extend(&e.visibility);
+        v
+    };
+    assert_eq!(bits(a), bits(b));
+}
+
 #[test]
 fn gpu_loss_and_gradients_match_cpu_flame_sized_head() {
     eval_test(EVAL_HEAD, "head 192x192, perspective, L1");
@@ -801,6 +836,36 @@ fn gpu_adam_fit_matches_cpu_flame_sized_head() {
         "fit, head 192x192, perspective, Huber",
         FitTolerance::Baseline { factor: 2.0 },
     );
+}
+
+/// The GPU path refuses jobs the device cannot hold, with the reason.
+#[test]
+fn gpu_limits_are_checked() {
+    let j = job(
+        sphere(perspective(-3.0)),
+        RobustLoss::L1,
+        None,
+        JobKind::Fit,
+    );
+    let limits = bevy::render::render_resource::WgpuLimits::default();
+    assert!(check_gpu_limits(&j, &limits).is_ok());
+    let small = bevy::render::render_resource::WgpuLimits {
+        max_storage_buffer_binding_size: 64 * 1024,
+        ..limits.clone()
+    };
+    let err = check_gpu_limits(&j, &small).unwrap_err().to_string();
+    assert!(
+        err.contains("131072 bytes is needed, but the device allows 65536"),
+        "{err}"
+    );
+    let weak = bevy::render::render_resource::WgpuLimits {
+        max_storage_buffers_per_shader_stage: 4,
+        ..limits
+    };
+    assert!(matches!(
+        check_gpu_limits(&j, &weak),
+        Err(PhotometricJobError::GpuUnsupported(_))
+    ));
 }
 
 /// Without a renderer, `Auto` runs the CPU reference and gives exactly `run_cpu`'s answer;
@@ -849,4 +914,67 @@ fn plugin_cpu_path_and_errors_without_renderer() {
         .cloned()
         .unwrap();
     assert_eq!((progress.steps_done, progress.total_steps), (24, 24));
+}
+
+/// Wall-clock time of GPU fits under the software rasteriser (lavapipe), against the CPU
+/// reference on the same machine. Not a GPU measurement; prints only.
+/// `cargo test --features gpu_tests --test gpu -- --ignored --nocapture`
+#[test]
+#[ignore = "timing on software Vulkan, run on demand"]
+fn lavapipe_timing_head() {
+    let mut app = gpu_app();
+    // Warm-up: pipelines compiled, buffers allocated once.
+    let warm = job(head(64), RobustLoss::L1, None, JobKind::Evaluate);
+    run_jobs(
+        &mut app,
+        vec![PhotometricFit::new(warm).with_backend(FitBackend::Gpu)],
+        Duration::from_secs(120),
+    );
+    for (size, steps) in [(224u32, 64u32), (512, 32)] {
+        let mut fit = job(
+            head(size),
+            RobustLoss::Huber { delta: 0.05 },
+            None,
+            JobKind::Fit,
+        );
+        for stage in &mut fit.problem.stages {
+            stage.steps = steps / 2;
+        }
+        let eval = PhotometricJob {
+            kind: JobKind::Evaluate,
+            ..fit.clone()
+        };
+        let t = Instant::now();
+        run_cpu(&eval).unwrap();
+        let cpu_eval = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        run_cpu(&fit).unwrap();
+        let cpu_fit = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (_, eval_frames) = run_jobs(
+            &mut app,
+            vec![PhotometricFit::new(eval).with_backend(FitBackend::Gpu)],
+            Duration::from_secs(300),
+        );
+        let gpu_eval = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (done, frames) = run_jobs(
+            &mut app,
+            vec![
+                PhotometricFit::new(fit)
+                    .with_backend(FitBackend::Gpu)
+                    .with_steps_per_frame(16),
+            ],
+            Duration::from_secs(300),
+        );
+        let gpu_fit = t.elapsed().as_secs_f64();
+        assert!(done[0].result.is_ok());
+        eprintln!(
+            "head {size}x{size}, {steps} Adam steps: CPU {:.1} ms per step ({:.1} ms per evaluation); lavapipe {:.1} ms per step over {frames} frames ({:.1} ms per evaluation incl. {eval_frames} frames of read-back latency)",
+            1e3 * cpu_fit / (steps + 1) as f64,
+            1e3 * cpu_eval,
+            1e3 * gpu_fit / (steps + 1) as f64,
+            1e3 * gpu_eval,
+        );
+    }
 }
