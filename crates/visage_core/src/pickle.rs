@@ -135,7 +135,8 @@ pub enum PickleValue {
     Bool(bool),
     /// Python `int` that fits in 64 bits.
     Int(i64),
-    /// Python `int` wider than 64 bits: little-endian two's-complement bytes.
+    /// Python `int` wider than 64 bits: its shortest little-endian two's-complement bytes
+    /// (as `int.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)` gives).
     BigInt(Vec<u8>),
     /// Python `float`.
     Float(f64),
@@ -1427,7 +1428,7 @@ impl<'a> Vm<'a> {
             return Ok(Obj::Int(v));
         }
         match big_decimal_to_le(s) {
-            Some(bytes) => Ok(Obj::BigInt(Rc::new(bytes))),
+            Some(bytes) => Ok(int_from_le(bytes)),
             None => self.malformed(format!("`{s}` is not an integer")),
         }
     }
@@ -1924,23 +1925,24 @@ fn fortran_to_c<T: Copy>(src: Vec<T>, shape: &[usize]) -> Vec<T> {
 }
 
 /// Python `int` from little-endian two's-complement bytes (`LONG1`/`LONG4`).
-fn int_from_le(bytes: Vec<u8>) -> Obj {
-    if bytes.is_empty() {
+fn int_from_le(mut bytes: Vec<u8>) -> Obj {
+    let Some(&last) = bytes.last() else {
         return Obj::Int(0);
-    }
-    let negative = bytes.last().is_some_and(|&b| b & 0x80 != 0);
-    // Drop redundant sign-extension bytes.
-    let mut n = bytes.len();
+    };
+    let negative = last & 0x80 != 0;
     let fill = if negative { 0xff } else { 0x00 };
+    // Drop redundant sign-extension bytes (Python writes the shortest form; be lenient).
+    let mut n = bytes.len();
     while n > 1 && bytes[n - 1] == fill && (bytes[n - 2] & 0x80 != 0) == negative {
         n -= 1;
     }
+    bytes.truncate(n);
     if n <= 8 {
         let mut b = [fill; 8];
-        b[..n].copy_from_slice(&bytes[..n]);
+        b[..n].copy_from_slice(&bytes);
         Obj::Int(i64::from_le_bytes(b))
     } else {
-        Obj::BigInt(Rc::new(bytes[..n].to_vec()))
+        Obj::BigInt(Rc::new(bytes))
     }
 }
 
