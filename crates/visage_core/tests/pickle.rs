@@ -901,6 +901,9 @@ fn inconsistent_files_are_explained() {
         assert!(msg.contains(want), "{key}: {msg}");
         assert!(msg.contains("flame2023.pkl"), "{msg}");
     }
+    let npz = import_flame_pickle_bytes(b"PK\x03\x04rest", "m.npz", &ImportOptions::default());
+    let msg = npz.map(|_| ()).unwrap_err().to_string();
+    assert!(msg.contains("zip archive"), "{msg}");
     let msg = import(&PickleValue::List(vec![]));
     assert!(
         msg.contains("the pickle holds a list, not a dictionary"),

@@ -10,7 +10,7 @@
 //! | `f` (or `faces`) | [F, 3] | [`FlameModel::triangles`] |
 //! | `shapedirs` | [V, 3, K] | identity and expression bases, see below |
 //! | `expressiondirs` (optional) | [V, 3, K'] | the expression basis, when a file keeps it apart |
-//! | `posedirs` | [V, 3, 36] | [`FlameModel::pose_correctives`] (36 components, [36][V][3]) |
+//! | `posedirs` | [V, 3, 36] | [`FlameModel::pose_correctives`] (36 components, component-major `[36][V][3]`) |
 //! | `J_regressor` | [5, V], scipy sparse or dense | [`Skeleton::regressor`], densified |
 //! | `weights` | [V, 5] | [`Skeleton::weights`] |
 //! | `kintree_table` | [2, 5] | [`Skeleton::parents`]; row 0 holds each joint's parent, the root's being a sentinel (2³²−1) that becomes −1 |
@@ -245,6 +245,14 @@ pub fn import_flame_pickle_bytes(
     file_name: &str,
     options: &ImportOptions,
 ) -> Result<(FlameModel, ImportReport), ImportError> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err(ImportError::NotFlame {
+            path: file_name.to_string(),
+            detail: "it is a zip archive (a NumPy `.npz`?), not a pickle; `.npz` files are read \
+                     by `model::npz_import`"
+                .into(),
+        });
+    }
     let (root, info) =
         pickle::load_with_limits(bytes, &pickle::PickleLimits::default()).map_err(|source| {
             ImportError::Pickle {
