@@ -33,7 +33,7 @@ pub fn decode_photo(path: &Path, max_side: u32) -> Result<RgbImage, AvatarError>
     }
     let undecodable = |detail: String| AvatarError::PhotoUndecodable {
         path: path.to_path_buf(),
-        detail,
+        detail: one_line(&detail),
     };
     let mut reader = ImageReader::new(BufReader::new(file));
     if let Ok(format) = image::ImageFormat::from_path(path) {
@@ -47,7 +47,7 @@ pub fn decode_photo(path: &Path, max_side: u32) -> Result<RgbImage, AvatarError>
         })?;
     if reader.format().is_none() {
         return Err(undecodable(
-            "its content is not a known image format (JPEG, PNG, WebP, BMP, TIFF or GIF)".into(),
+            "its content is in none of the formats JPEG, PNG, WebP, BMP, TIFF or GIF".into(),
         ));
     }
     reader.limits(Limits::default());
@@ -72,7 +72,7 @@ pub fn decode_photo(path: &Path, max_side: u32) -> Result<RgbImage, AvatarError>
 pub fn image_to_rgb(image: &Image, name: &str, max_side: u32) -> Result<RgbImage, AvatarError> {
     let unusable = |detail: String| AvatarError::ImageAssetUnusable {
         name: name.to_string(),
-        detail,
+        detail: one_line(&detail),
     };
     if image.data.is_none() {
         return Err(unusable(
@@ -110,4 +110,9 @@ fn limit_size(img: DynamicImage, max_side: u32) -> DynamicImage {
     let nw = ((w as f64 * scale).round() as u32).clamp(1, max_side);
     let nh = ((h as f64 * scale).round() as u32).clamp(1, max_side);
     img.resize_exact(nw, nh, FilterType::Triangle)
+}
+
+/// Decoder messages sometimes span lines; a failure reason is one sentence.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

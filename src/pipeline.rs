@@ -17,7 +17,7 @@ use crate::VisageSystems;
 use crate::error::AvatarError;
 use crate::mesh::HeadMeshLayout;
 use crate::model::VisageModel;
-use crate::photo::{decode_photo, image_to_rgb, rgb_to_bevy_image};
+use crate::photo::{decode_photo, image_to_rgb, one_line, rgb_to_bevy_image};
 use crate::request::{
     AvatarFailed, AvatarMeshLayout, AvatarPhoto, AvatarProgress, AvatarReady, AvatarRequest,
     AvatarStage, AvatarStatus,
@@ -213,7 +213,7 @@ fn wait_for_images(
             commands.entity(entity).remove::<PendingImage>();
             let error = AvatarError::ImageAssetFailed {
                 name,
-                detail: error.to_string(),
+                detail: one_line(&error.to_string()),
             };
             fail(entity, &mut status, &error, &mut failed);
         }

@@ -345,6 +345,7 @@ fn corrupt_photo_fails_as_undecodable() {
         file.0.display()
     );
     assert!(reason.starts_with(&prefix), "{reason}");
+    assert!(reason.ends_with(')') && !reason.contains('\n'), "{reason}");
 
     // Text is not an image either, whatever its name says.
     let text = TempFile::new("notes.png");
@@ -544,4 +545,88 @@ fn a_model_file_from_settings_is_loaded_and_meshed() {
         }
         other => panic!("unexpected normals {other:?}"),
     }
+}
+
+/// The program shown in `docs/plugin.md`, verbatim apart from the module around it.
+mod docs_snippet {
+    use bevy::prelude::*;
+    use bevy_visage::prelude::*;
+
+    #[allow(
+        dead_code,
+        reason = "compiled to keep the documentation honest; needs a GPU to run"
+    )]
+    pub fn main() {
+        App::new()
+            .add_plugins(DefaultPlugins)
+            .add_plugins(VisagePlugin {
+                settings: VisageSettings {
+                    max_photo_side: 1024,
+                    ..default()
+                },
+            })
+            .add_systems(Startup, request_avatar)
+            .add_systems(Update, report_avatars.after(VisageSystems::Spawn))
+            .run();
+    }
+
+    /// Asks for a head built from a photo, placed where the game wants it.
+    pub fn request_avatar(mut commands: Commands) {
+        commands.spawn((
+            AvatarRequest::path("assets/photos/astronaut.png"),
+            Transform::from_xyz(0.0, 1.6, 0.0),
+        ));
+    }
+
+    /// Follows the requests: progress, success (the entity now has a mesh), failure.
+    pub fn report_avatars(
+        mut progress: MessageReader<AvatarProgress>,
+        mut ready: MessageReader<AvatarReady>,
+        mut failed: MessageReader<AvatarFailed>,
+        heads: Query<&Mesh3d>,
+    ) {
+        for p in progress.read() {
+            info!(
+                "avatar {}: {} ({:.0} %)",
+                p.entity,
+                p.stage,
+                p.fraction * 100.0
+            );
+        }
+        for r in ready.read() {
+            if let Ok(mesh) = heads.get(r.entity) {
+                info!("avatar {} is ready (mesh {:?})", r.entity, mesh.0.id());
+            }
+        }
+        for f in failed.read() {
+            warn!("avatar {} failed: {}", f.entity, f.reason);
+        }
+    }
+}
+
+#[test]
+fn the_documented_systems_build_a_head() {
+    let _ = shipped_model();
+    let mut app = test_app(VisageSettings {
+        max_photo_side: 1024,
+        ..default()
+    });
+    app.add_systems(Startup, docs_snippet::request_avatar)
+        .add_systems(
+            Update,
+            docs_snippet::report_avatars.after(VisageSystems::Spawn),
+        );
+    app.update();
+    let entity = app
+        .world_mut()
+        .query_filtered::<Entity, With<AvatarRequest>>()
+        .single(app.world())
+        .expect("one request");
+    let outcome = run_until_done(&mut app, entity);
+    assert!(outcome.ready, "{outcome:?}");
+    assert_eq!(
+        app.world().get::<Transform>(entity).unwrap().translation,
+        Vec3::new(0.0, 1.6, 0.0)
+    );
+    assert!(app.world().get::<Mesh3d>(entity).is_some());
 }
