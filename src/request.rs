@@ -11,8 +11,9 @@ use crate::mesh::HeadMeshLayout;
 /// Asks Visage to build a head from a photo. Spawn it on an entity (or insert it on an existing
 /// one); the results arrive on the same entity.
 ///
-/// Inserting a new request on an entity that already has one cancels the running work, removes
-/// the previous results and starts again. Removing the request cancels the work.
+/// Inserting a new request on an entity that already has one (or mutating the request) cancels
+/// the running work, removes the previous results and starts again. Removing the request, or
+/// despawning the entity, cancels the work.
 #[derive(Component, Debug, Clone, PartialEq)]
 #[require(AvatarStatus, Transform, Visibility)]
 pub enum AvatarRequest {
