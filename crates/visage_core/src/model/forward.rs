@@ -209,12 +209,11 @@ impl Evaluator {
             *r = rodrigues(*p);
         }
         if let Some(pc) = &model.pose_correctives {
-            for j in 1..NUM_JOINTS {
-                for a in 0..3 {
-                    for b in 0..3 {
-                        let id = if a == b { 1.0 } else { 0.0 };
-                        self.pose_feature[(j - 1) * 9 + a * 3 + b] = rots[j][a][b] - id;
-                    }
+            for (feature, rot) in self.pose_feature.chunks_exact_mut(9).zip(&rots[1..]) {
+                for (k, f) in feature.iter_mut().enumerate() {
+                    let (a, b) = (k / 3, k % 3);
+                    let id = if a == b { 1.0 } else { 0.0 };
+                    *f = rot[a][b] - id;
                 }
             }
             for (c, &w) in self.pose_feature.iter().enumerate() {
@@ -225,7 +224,7 @@ impl Evaluator {
         }
 
         // 4. Kinematic chain and skinning transforms (rest pose removed).
-        for j in 0..NUM_JOINTS {
+        for (j, &rot) in rots.iter().enumerate() {
             let parent = skel.parents[j];
             let local_t = if parent < 0 {
                 self.joints_rest[j]
@@ -234,10 +233,7 @@ impl Evaluator {
                 let c = self.joints_rest[j];
                 [c[0] - p[0], c[1] - p[1], c[2] - p[2]]
             };
-            let local = Rigid {
-                r: rots[j],
-                t: local_t,
-            };
+            let local = Rigid { r: rot, t: local_t };
             self.global[j] = if parent < 0 {
                 local
             } else {

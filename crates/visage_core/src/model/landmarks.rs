@@ -149,7 +149,7 @@ impl Landmarks68 {
                 self.static_points.len()
             ));
         }
-        if self.dynamic.is_empty() || self.dynamic.len() % CONTOUR_POINTS != 0 {
+        if self.dynamic.is_empty() || !self.dynamic.len().is_multiple_of(CONTOUR_POINTS) {
             return Err(format!(
                 "the 68-point contour has {} points, not a positive multiple of 17",
                 self.dynamic.len()

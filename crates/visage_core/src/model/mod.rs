@@ -336,19 +336,19 @@ impl FlameModel {
                 )));
             }
         }
-        if let Some(s) = &self.symmetry {
-            if s.len() != nv || s.iter().any(|&v| v as usize >= nv) {
-                return Err(bad(
-                    "the symmetry map does not map each vertex to a vertex".into()
-                ));
-            }
+        if let Some(s) = &self.symmetry
+            && (s.len() != nv || s.iter().any(|&v| v as usize >= nv))
+        {
+            return Err(bad(
+                "the symmetry map does not map each vertex to a vertex".into()
+            ));
         }
         Ok(())
     }
 }
 
 fn check_basis(label: &str, basis: &Basis, nv: usize) -> Result<(), String> {
-    if basis.deltas.len() % (nv * 3) != 0 {
+    if !basis.deltas.len().is_multiple_of(nv * 3) {
         return Err(format!(
             "the {label} basis has {} values, not a multiple of {nv} vertices × 3",
             basis.deltas.len()
