@@ -919,6 +919,10 @@ fn from_dynamic(
         }
     }
 
+    // Area weights sum to 1 only up to rounding: keep values inside [0, 1].
+    for v in &mut stored {
+        *v = v.clamp(0.0, 1.0);
+    }
     let (linear, ow, oh) = orient(&stored, dw, dh, orientation);
     let (orig_w, orig_h) = if orientation >= 5 { (sh, sw) } else { (sw, sh) };
     Photo {
