@@ -303,3 +303,44 @@ fn bad_chip_input_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("could not read"), "{err}");
 }
+
+#[test]
+fn large_faces_and_degenerate_landmarks() {
+    // The astronaut enlarged 3× (nearest neighbour): the chip now shrinks the face by about 3×,
+    // so the supersampled path runs; the descriptor must stay that of the same person.
+    let reference = Reference::load();
+    let net = shipped_net();
+    let p = photo("astronaut");
+    let (w, h) = (p.width() as usize, p.height() as usize);
+    let src = p.linear_rgb();
+    let mut big = vec![0.0f32; 9 * src.len()];
+    for y in 0..3 * h {
+        for x in 0..3 * w {
+            let s = 3 * ((y / 3) * w + x / 3);
+            let d = 3 * (y * 3 * w + x);
+            big[d..d + 3].copy_from_slice(&src[s..s + 3]);
+        }
+    }
+    let big = Photo::from_linear(3 * w as u32, 3 * h as u32, big, "astronaut ×3").unwrap();
+    let lm = reference.landmarks("astronaut");
+    let chip = extract_chip(&big, &lm.transformed(3.0, [0.0, 0.0]));
+    assert!(chip.transform.step > 2.0, "step {}", chip.transform.step);
+    let e_big = net.embed(&chip).unwrap();
+    let e = net.embed(&extract_chip(&p, &lm)).unwrap();
+    let d = distance(&e, &e_big);
+    println!("astronaut ~ astronaut enlarged 3×: {d:.4}");
+    assert!(d < 0.1, "{d}");
+
+    // All five points in one place, or not finite: a black chip, no panic.
+    for q in [[100.0, 100.0], [f64::NAN, 3.0]] {
+        let degenerate = ChipLandmarks {
+            left_eye_outer: q,
+            left_eye_inner: q,
+            right_eye_inner: q,
+            right_eye_outer: q,
+            nose_base: q,
+        };
+        let chip = extract_chip(&p, &degenerate);
+        assert!(chip.pixels.iter().all(|&v| v == 0));
+    }
+}

@@ -632,10 +632,16 @@ impl ChipTransform {
             sc * c[0] - ss * c[1] + mt[0] + 0.5,
             ss * c[0] + sc * c[1] + mt[1] + 0.5,
         ];
+        // Landmarks that collapse to (nearly) one point give no usable chip: step NaN.
+        let step = if size * scale > 1.0 {
+            (size * scale - 1.0) / (size - 1.0)
+        } else {
+            f64::NAN
+        };
         ChipTransform {
             centre,
             angle,
-            step: (size * scale - 1.0) / (size - 1.0),
+            step,
         }
     }
 }
@@ -679,27 +685,36 @@ impl FaceChip {
 /// Cuts the aligned chip for `points` out of `photo` the way dlib's `extract_image_chip` does:
 /// bilinear interpolation of the sRGB values, black where the chip reaches outside the photo.
 /// When the chip shrinks the face by more than 2× (where dlib switches to an image pyramid),
-/// each chip pixel instead averages `n × n` bilinear samples, `n = ⌈step⌉`.
+/// each chip pixel instead averages `n × n` bilinear samples, `n = min(⌈step⌉, 16)`.
+/// Degenerate landmarks (all in one place, or not finite) give a black chip.
 pub fn extract_chip(photo: &Photo, points: &ChipLandmarks) -> FaceChip {
     extract_chip_with(photo, ChipTransform::from_landmarks(points))
 }
 
 /// [`extract_chip`] for an explicit placement.
 pub fn extract_chip_with(photo: &Photo, transform: ChipTransform) -> FaceChip {
+    let mut pixels = vec![0u8; CHIP_SIZE * CHIP_SIZE * 3];
+    let usable = transform.step.is_finite()
+        && transform.step > 0.0
+        && transform.angle.is_finite()
+        && transform.centre.iter().all(|c| c.is_finite());
+    if !usable {
+        return FaceChip { pixels, transform };
+    }
     let w = photo.width() as i64;
     let h = photo.height() as i64;
     let lin = photo.linear_rgb();
     let srgb = |x: i64, y: i64, c: usize| -> f64 {
         linear_to_srgb(lin[3 * (y * w + x) as usize + c]) as f64 * 255.0
     };
+    // Capped so that absurd landmarks cannot make the loop explode (16² samples per pixel).
     let n = if transform.step > 2.0 {
-        transform.step.ceil() as usize
+        (transform.step.ceil() as usize).min(16)
     } else {
         1
     };
     let (s, c) = transform.angle.sin_cos();
     let half = (CHIP_SIZE as f64 - 1.0) / 2.0;
-    let mut pixels = vec![0u8; CHIP_SIZE * CHIP_SIZE * 3];
     for v in 0..CHIP_SIZE {
         for u in 0..CHIP_SIZE {
             let mut acc = [0.0f64; 3];
