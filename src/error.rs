@@ -31,6 +31,11 @@ pub enum AvatarError {
         /// What the decoder said.
         detail: String,
     },
+    /// The photo file was read but Visage's photo ingest refused it: not an image, damaged,
+    /// too large, too small, or an unsupported feature. The sentence comes from
+    /// [`visage_core::photo::PhotoError`].
+    #[error("{0}")]
+    PhotoRejected(visage_core::photo::PhotoError),
     /// An image asset given as a handle failed to load.
     #[error("the image asset `{name}` could not be loaded: {detail}")]
     ImageAssetFailed {

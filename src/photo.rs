@@ -1,69 +1,37 @@
 //! Photo ingest for the plugin: files and Bevy images to upright 8-bit sRGB RGB images.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use bevy::asset::RenderAssetUsages;
 use bevy::prelude::*;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, RgbImage};
+use visage_core::photo::{IngestOptions, Photo};
 
 use crate::error::AvatarError;
 
-/// Reads a photo file: detects the format from its content (falling back to the extension),
-/// decodes it with the decoder's default memory limit (512 MiB), applies the EXIF orientation,
-/// and scales it down so that its longer side is at most `max_side` pixels.
+/// Reads a photo file with Visage's photo ingest ([`visage_core::photo`]): detects the format
+/// from the content, refuses decompression bombs before decoding, applies the EXIF orientation,
+/// composites alpha over white, and reduces the photo (area averaging in linear light) so that
+/// its longer side is at most `max_side` pixels. Returns 8-bit sRGB.
 pub fn decode_photo(path: &Path, max_side: u32) -> Result<RgbImage, AvatarError> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => AvatarError::PhotoMissing {
+    if !path.exists() {
+        return Err(AvatarError::PhotoMissing {
             path: path.to_path_buf(),
-        },
-        _ => AvatarError::PhotoUnreadable {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        },
-    })?;
-    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
-    if is_dir {
+        });
+    }
+    if path.is_dir() {
         return Err(AvatarError::PhotoUnreadable {
             path: path.to_path_buf(),
             detail: "it is a folder, not a file".into(),
         });
     }
-    let undecodable = |detail: String| AvatarError::PhotoUndecodable {
-        path: path.to_path_buf(),
-        detail: one_line(&detail),
+    let options = IngestOptions {
+        max_side: max_side.max(1),
+        ..IngestOptions::default()
     };
-    let mut reader = ImageReader::new(BufReader::new(file));
-    if let Ok(format) = image::ImageFormat::from_path(path) {
-        reader.set_format(format);
-    }
-    let mut reader = reader
-        .with_guessed_format()
-        .map_err(|e| AvatarError::PhotoUnreadable {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-    if reader.format().is_none() {
-        return Err(undecodable(
-            "its content is in none of the formats JPEG, PNG, WebP, BMP, TIFF or GIF".into(),
-        ));
-    }
-    reader.limits(Limits::default());
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| undecodable(e.to_string()))?;
-    // A broken orientation tag is not worth rejecting the photo for: keep it as stored.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| undecodable(e.to_string()))?;
-    img.apply_orientation(orientation);
-    if img.width() == 0 || img.height() == 0 {
-        return Err(undecodable("it has no pixels".into()));
-    }
-    Ok(limit_size(img, max_side).into_rgb8())
+    let photo = Photo::open(path, &options).map_err(AvatarError::PhotoRejected)?;
+    Ok(photo.to_rgb_image())
 }
 
 /// Converts a Bevy image (any format the `image` crate can represent: 8/16-bit and float
