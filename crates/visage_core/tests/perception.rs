@@ -420,6 +420,17 @@ fn perception_on_the_astronaut() {
     let mask = r.person_mask.as_ref().unwrap();
     assert!(mask.sample(lm.points[1][0], lm.points[1][1]) > 0.9);
     assert!(r.hands.is_empty(), "no hands in the astronaut photo");
+
+    // Through the photo-ingest module: same pixels (sRGB -> linear -> sRGB round trip), same
+    // landmarks.
+    let ingested = visage_core::photo::Photo::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/photos/astronaut.png"),
+        &visage_core::photo::IngestOptions::default(),
+    )
+    .unwrap();
+    let r2 = p.run_photo(&ingested).unwrap();
+    assert_eq!(r2.faces.len(), 1);
+    assert_eq!(r2.faces[0].landmarks.as_ref().unwrap().points, lm.points);
     println!("timings: {:?}", r.timings);
     assert!(r.timings.total >= r.timings.face_mesh);
 }

@@ -194,6 +194,13 @@ impl Perception {
         Ok(faces)
     }
 
+    /// [`Perception::run`] on an ingested [`Photo`](crate::photo::Photo) (its sRGB 8-bit
+    /// pixels; coordinates are in the ingested photo's pixels, see
+    /// [`Photo::to_original`](crate::photo::Photo::to_original)).
+    pub fn run_photo(&self, photo: &crate::photo::Photo) -> Result<PerceptionResult> {
+        self.run(&photo.to_rgb_image())
+    }
+
     /// Runs everything the options ask for on one photo (8-bit sRGB).
     pub fn run(&self, photo: &RgbImage) -> Result<PerceptionResult> {
         check_image(photo)?;
