@@ -351,7 +351,8 @@ impl Conv2d {
             vec![0f32; kk * hw]
         };
         let flops = self.cout * hw * kk;
-        let parallelism = if flops >= 1 << 21 {
+        // Splitting smaller products across threads costs more than it saves.
+        let parallelism = if flops >= MIN_PARALLEL_GEMM {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
@@ -577,8 +578,11 @@ impl Module for DepthwiseConv2d {
     }
 }
 
-/// Below this many output values per plane, planes are grouped into one rayon task.
-const MIN_PARALLEL_WORK: usize = 4096;
+/// Depthwise planes are grouped so one rayon task does at least this many multiply-adds.
+const MIN_PARALLEL_MACS: usize = 1 << 18;
+
+/// Multiply-adds below which a convolution's gemm runs on one thread.
+const MIN_PARALLEL_GEMM: usize = 1 << 22;
 
 impl CustomOp1 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
@@ -603,7 +607,8 @@ impl CustomOp1 for DepthwiseConv2d {
         let plane_in = h * w;
         let plane_out = oh * ow;
         let mut out = vec![0f32; n * c * plane_out];
-        let min_len = (MIN_PARALLEL_WORK / plane_out.max(1)).max(1);
+        // At least MIN_PARALLEL_MACS multiply-adds per rayon task.
+        let min_len = MIN_PARALLEL_MACS.div_ceil((plane_out * k * k).max(1)).max(1);
         out.par_chunks_mut(plane_out)
             .with_min_len(min_len)
             .enumerate()
@@ -891,6 +896,7 @@ impl CustomOp1 for ResizeBilinear {
         let xs: Vec<_> = (0..ow).map(|x| half_pixel_taps(x, w, ow)).collect();
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
+            .with_min_len(MIN_PARALLEL_MACS.div_ceil(4 * oh * ow))
             .enumerate()
             .for_each(|(p, dst)| {
                 let src = &input[p * h * w..(p + 1) * h * w];
