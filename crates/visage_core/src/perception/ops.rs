@@ -608,7 +608,9 @@ impl CustomOp1 for DepthwiseConv2d {
         let plane_out = oh * ow;
         let mut out = vec![0f32; n * c * plane_out];
         // At least MIN_PARALLEL_MACS multiply-adds per rayon task.
-        let min_len = MIN_PARALLEL_MACS.div_ceil((plane_out * k * k).max(1)).max(1);
+        let min_len = MIN_PARALLEL_MACS
+            .div_ceil((plane_out * k * k).max(1))
+            .max(1);
         out.par_chunks_mut(plane_out)
             .with_min_len(min_len)
             .enumerate()
@@ -719,14 +721,29 @@ fn depthwise_plane(
             out[pad.left..pad.left + n].copy_from_slice(&line[..n]);
         }
     }
+    // Start of every tap of output row 0 (stride 1: in the flattened plane; stride 2: in the
+    // row's [even | odd] layout, relative to the row).
+    let tap_start = |ky: usize, kx: usize| -> usize {
+        match s {
+            1 => ky * pw + kx,
+            _ if kx % 2 == 0 => kx / 2,
+            _ => even + kx / 2,
+        }
+    };
     if s == 1 {
-        ext.fill(bias);
-        for ky in 0..k {
-            for kx in 0..k {
-                let wv = wk[ky * k + kx];
-                let off = ky * pw + kx;
-                for (d, v) in ext.iter_mut().zip(&padded[off..off + n_ext]) {
-                    *d += wv * v;
+        match k {
+            3 => sum_taps::<9>(ext, padded, |t| tap_start(t / 3, t % 3), wk, bias),
+            5 => sum_taps::<25>(ext, padded, |t| tap_start(t / 5, t % 5), wk, bias),
+            _ => {
+                ext.fill(bias);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let wv = wk[ky * k + kx];
+                        let off = tap_start(ky, kx);
+                        for (d, v) in ext.iter_mut().zip(&padded[off..off + n_ext]) {
+                            *d += wv * v;
+                        }
+                    }
                 }
             }
         }
@@ -737,22 +754,17 @@ fn depthwise_plane(
     }
     for oy in 0..oh {
         let row = &mut dst[oy * ow..(oy + 1) * ow];
-        row.fill(bias);
-        for ky in 0..k {
-            let prow = &padded[(oy * s + ky) * pw..(oy * s + ky + 1) * pw];
-            for kx in 0..k {
-                let wv = wk[ky * k + kx];
-                let start = match s {
-                    2 if kx % 2 == 0 => kx / 2,
-                    2 => even + kx / 2,
-                    _ => usize::MAX,
-                };
-                if start != usize::MAX {
-                    let tap = &prow[start..start + ow];
-                    for (d, v) in row.iter_mut().zip(tap) {
-                        *d += wv * v;
-                    }
-                } else {
+        let base = oy * s * pw;
+        if s == 2 && k == 3 {
+            sum_taps::<9>(row, padded, |t| base + (t / 3) * pw + tap_start(t / 3, t % 3), wk, bias);
+        } else if s == 2 && k == 5 {
+            sum_taps::<25>(row, padded, |t| base + (t / 5) * pw + tap_start(t / 5, t % 5), wk, bias);
+        } else {
+            row.fill(bias);
+            for ky in 0..k {
+                let prow = &padded[(oy * s + ky) * pw..(oy * s + ky + 1) * pw];
+                for kx in 0..k {
+                    let wv = wk[ky * k + kx];
                     for (ox, d) in row.iter_mut().enumerate() {
                         *d += wv * prow[ox * s + kx];
                     }
@@ -761,6 +773,29 @@ fn depthwise_plane(
         }
     }
 }
+}
+
+/// `dst[i] = bias + sum_t w[t] * src[start(t) + i]` for `T` taps, one pass over `dst` with
+/// the taps unrolled (each output written once; loads at constant offsets vectorise).
+#[inline(always)]
+fn sum_taps<const T: usize>(
+    dst: &mut [f32],
+    src: &[f32],
+    start: impl Fn(usize) -> usize,
+    w: &[f32],
+    bias: f32,
+) {
+    let n = dst.len();
+    let w: [f32; T] = std::array::from_fn(|t| w[t]);
+    let taps: [&[f32]; T] = std::array::from_fn(|t| &src[start(t)..start(t) + n]);
+    for (i, d) in dst.iter_mut().enumerate() {
+        let mut acc = bias;
+        for t in 0..T {
+            // SAFETY: every tap slice has length n (checked when slicing above) and i < n.
+            acc += w[t] * unsafe { *taps[t].get_unchecked(i) };
+        }
+        *d = acc;
+    }
 }
 
 /// Elementwise functions without a candle equivalent of the exact TFLite form, and 2×2 max
