@@ -726,7 +726,7 @@ fn depthwise_plane(
     let tap_start = |ky: usize, kx: usize| -> usize {
         match s {
             1 => ky * pw + kx,
-            _ if kx % 2 == 0 => kx / 2,
+            _ if kx.is_multiple_of(2) => kx / 2,
             _ => even + kx / 2,
         }
     };
