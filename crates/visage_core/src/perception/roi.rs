@@ -11,7 +11,7 @@
 //! to 1/32 pixel, 15-bit weights, rounding to 8 bits), so crops of the same rect are the
 //! bytes MediaPipe feeds its networks up to float rounding of the rect itself.
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 
 /// A rotated rectangle in photo pixel coordinates (x right, y down).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -230,6 +230,8 @@ pub fn crop(
         let i = ((y * pw + x) * 3) as usize;
         Some([raw[i], raw[i + 1], raw[i + 2]])
     };
+    let row_bytes = (pw * 3) as usize;
+    let dst = out.as_mut();
     for y in 0..out_h {
         for x in 0..out_w {
             let (xf, yf) = (x as f64, y as f64);
@@ -242,22 +244,36 @@ pub fn crop(
                 (xi & (INTER_TAB_SIZE as i64 - 1)) as i32,
                 (yi & (INTER_TAB_SIZE as i64 - 1)) as i32,
             );
-            let taps = [
-                fetch(x0, y0),
-                fetch(x0 + 1, y0),
-                fetch(x0, y0 + 1),
-                fetch(x0 + 1, y0 + 1),
-            ];
             let mut acc = [0i32; 3];
-            for (tap, wt) in taps.iter().zip(w) {
-                if let Some(p) = tap {
-                    for ch in 0..3 {
-                        acc[ch] += p[ch] as i32 * wt;
+            if x0 >= 0 && y0 >= 0 && x0 + 1 < pw && y0 + 1 < ph {
+                // All four taps inside the photo.
+                let i = (y0 as usize) * row_bytes + (x0 as usize) * 3;
+                let (r0, r1) = (&raw[i..i + 6], &raw[i + row_bytes..i + row_bytes + 6]);
+                for ch in 0..3 {
+                    acc[ch] = r0[ch] as i32 * w[0]
+                        + r0[3 + ch] as i32 * w[1]
+                        + r1[ch] as i32 * w[2]
+                        + r1[3 + ch] as i32 * w[3];
+                }
+            } else {
+                let taps = [
+                    fetch(x0, y0),
+                    fetch(x0 + 1, y0),
+                    fetch(x0, y0 + 1),
+                    fetch(x0 + 1, y0 + 1),
+                ];
+                for (tap, wt) in taps.iter().zip(w) {
+                    if let Some(p) = tap {
+                        for ch in 0..3 {
+                            acc[ch] += p[ch] as i32 * wt;
+                        }
                     }
                 }
             }
-            let px = acc.map(|a| ((a + (1 << (COEF_BITS - 1))) >> COEF_BITS).clamp(0, 255) as u8);
-            out.put_pixel(x, y, Rgb(px));
+            let o = ((y * out_w + x) * 3) as usize;
+            for ch in 0..3 {
+                dst[o + ch] = ((acc[ch] + (1 << (COEF_BITS - 1))) >> COEF_BITS).clamp(0, 255) as u8;
+            }
         }
     }
     Crop {
@@ -287,7 +303,7 @@ mod tests {
     fn identity_crop_copies_the_photo() {
         let mut photo = RgbImage::new(8, 6);
         for (x, y, p) in photo.enumerate_pixels_mut() {
-            *p = Rgb([(x * 30) as u8, (y * 40) as u8, (x * y) as u8]);
+            *p = image::Rgb([(x * 30) as u8, (y * 40) as u8, (x * y) as u8]);
         }
         let rect = RotatedRect {
             cx: 4.0,
