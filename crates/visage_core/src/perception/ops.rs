@@ -12,9 +12,10 @@
 //! - Bilinear resizes use TensorFlow's half-pixel centres (`align_corners = false`).
 //!
 //! Speed. The layers are candle custom ops over contiguous `f32` slices:
-//! - [`DepthwiseConv2d`]: direct loops over each padded plane, every tap one contiguous axpy,
-//!   planes in parallel with rayon. candle's grouped `conv2d` runs one convolution per
-//!   channel, 10–50× slower here (`benches/perception.rs`, group `depthwise`).
+//! - [`DepthwiseConv2d`]: each plane copied once into a zero-padded scratch plane, then every
+//!   output computed in one pass with the 3×3 / 5×5 taps unrolled; planes in parallel with
+//!   rayon. candle's grouped `conv2d` runs one convolution per channel, 50–160× slower here
+//!   (`benches/perception.rs`, group `depthwise`).
 //! - [`Conv2d`]: im2col (skipped for 1×1) and one `gemm` whose destination starts as bias
 //!   (+ residual), then the activation (ReLU, ReLU6 or PReLU) in place: one op per layer
 //!   instead of conv, bias add, residual add and activation.
@@ -488,8 +489,7 @@ impl CustomOp2 for ConvResidual<'_> {
         let conv = self.0;
         let dims = l1.shape().dims4()?;
         let (rn, rc, rh, rw) = l2.shape().dims4()?;
-        let (pad_, oh, ow) = conv.padding.pads(dims.2, dims.3, conv.kernel, conv.stride);
-        let _ = pad_;
+        let (_, oh, ow) = conv.padding.pads(dims.2, dims.3, conv.kernel, conv.stride);
         if rn != dims.0 || rh != oh || rw != ow || rc > conv.cout {
             bail!(
                 "conv residual {:?} does not fit the output ({}, {}, {oh}, {ow})",
