@@ -90,7 +90,8 @@ pub struct FaceResult {
     pub detection: FaceDetection,
     /// The rotated crop FaceMesh saw (eyes level).
     pub roi: RotatedRect,
-    /// 468 landmarks, when this face is among the `max_faces` largest.
+    /// 468 landmarks, when this face is among the `max_faces` largest. Check
+    /// `presence`: MediaPipe discards landmarks whose face presence is below 0.5.
     pub landmarks: Option<FaceLandmarks>,
     /// `[right eye, left eye]` (the subject's), when iris is enabled and landmarks exist.
     pub eyes: Option<[EyeLandmarks; 2]>,
