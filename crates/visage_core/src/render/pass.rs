@@ -856,7 +856,8 @@ impl BandContext<'_> {
             wt,
             acc,
         } = out;
-        let base = bi * self.band_rows * self.width;
+        let row0 = bi * self.band_rows;
+        let base = row0 * self.width;
         match *mode {
             Mode::Render { background } => {
                 for (c, px) in col.iter_mut().zip(pix.iter()) {
@@ -881,48 +882,52 @@ impl BandContext<'_> {
                 }
                 let mut sums = [0.0f64; 2];
                 let mut bad = false;
-                for j in 0..pix.len() {
-                    let px = &pix[j];
-                    let covered = px.triangle != NO_TRIANGLE;
-                    let c = if covered {
-                        interpolate(self.verts, &self.triangles[px.triangle as usize], &px.bary)
-                    } else if let Some(bg) = background {
-                        bg
-                    } else {
-                        col[j] = [0.0; 3];
-                        res[j] = [0.0; 3];
-                        pl[j] = 0.0;
-                        wt[j] = 0.0;
-                        continue;
-                    };
-                    col[j] = c;
-                    let i = base + j;
-                    let mut w = 1.0f32;
-                    if let Some(m) = face {
-                        w *= m[i];
-                    }
-                    if let Some(m) = occ {
-                        w *= 1.0 - m[i];
-                    }
-                    let photo = image[i];
-                    let r = [c[0] - photo[0], c[1] - photo[1], c[2] - photo[2]];
-                    let (e0, d0) = penalty.eval(r[0]);
-                    let (e1, d1) = penalty.eval(r[1]);
-                    let (e2, d2) = penalty.eval(r[2]);
-                    let rho = e0 + e1 + e2;
-                    if !(rho.is_finite() && w.is_finite()) {
-                        bad = true;
-                    }
-                    res[j] = r;
-                    pl[j] = rho;
-                    wt[j] = w;
-                    sums[0] += (w * rho) as f64;
-                    sums[1] += w as f64;
-                    if grad && covered && w != 0.0 {
-                        let g = [w * d0, w * d1, w * d2];
-                        let p = [(i % self.width) as f32 + 0.5, (i / self.width) as f32 + 0.5];
-                        let tri = self.triangles[px.triangle as usize];
-                        pixel_backward(self.verts, &tri, &px.bary, g, p, self.persp, acc);
+                let rows = pix.len() / self.width;
+                for yy in 0..rows {
+                    for xx in 0..self.width {
+                        let j = yy * self.width + xx;
+                        let px = &pix[j];
+                        let covered = px.triangle != NO_TRIANGLE;
+                        let c = if covered {
+                            interpolate(self.verts, &self.triangles[px.triangle as usize], &px.bary)
+                        } else if let Some(bg) = background {
+                            bg
+                        } else {
+                            col[j] = [0.0; 3];
+                            res[j] = [0.0; 3];
+                            pl[j] = 0.0;
+                            wt[j] = 0.0;
+                            continue;
+                        };
+                        col[j] = c;
+                        let i = base + j;
+                        let mut w = 1.0f32;
+                        if let Some(m) = face {
+                            w *= m[i];
+                        }
+                        if let Some(m) = occ {
+                            w *= 1.0 - m[i];
+                        }
+                        let photo = image[i];
+                        let r = [c[0] - photo[0], c[1] - photo[1], c[2] - photo[2]];
+                        let (e0, d0) = penalty.eval(r[0]);
+                        let (e1, d1) = penalty.eval(r[1]);
+                        let (e2, d2) = penalty.eval(r[2]);
+                        let rho = e0 + e1 + e2;
+                        if !(rho.is_finite() && w.is_finite()) {
+                            bad = true;
+                        }
+                        res[j] = r;
+                        pl[j] = rho;
+                        wt[j] = w;
+                        sums[0] += (w * rho) as f64;
+                        sums[1] += w as f64;
+                        if grad && covered && w != 0.0 {
+                            let g = [w * d0, w * d1, w * d2];
+                            let p = [xx as f32 + 0.5, (row0 + yy) as f32 + 0.5];
+                            let tri = self.triangles[px.triangle as usize];
+                            pixel_backward(self.verts, &tri, &px.bary, g, p, self.persp, acc);
+                        }
                     }
                 }
                 (sums, bad)
