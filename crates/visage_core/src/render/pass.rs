@@ -36,7 +36,7 @@ pub struct PassConfig {
 impl Default for PassConfig {
     fn default() -> Self {
         PassConfig {
-            band_rows: 16,
+            band_rows: 32,
             cull_backfaces: true,
             near: 1e-3,
         }
