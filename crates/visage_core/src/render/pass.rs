@@ -140,6 +140,7 @@ pub struct PhotometricPass {
     adj: Vec<u32>,
     verts: Vec<VertexState>,
     setup: Vec<TriSetup>,
+    tri_cross: Vec<[f32; 3]>,
     /// Triangles with a non-empty pixel box in the current render, in index order.
     active: Vec<u32>,
     pixels: Vec<PixelSample>,
@@ -236,6 +237,7 @@ impl PhotometricPass {
             adj,
             verts: vec![VertexState::default(); num_vertices],
             setup: vec![TriSetup::default(); triangles.len()],
+            tri_cross: vec![[0.0; 3]; triangles.len()],
             active: Vec::with_capacity(triangles.len()),
             pixels: vec![EMPTY_PIXEL; w * h],
             colour: vec![[0.0; 3]; w * h],
@@ -394,12 +396,10 @@ impl PhotometricPass {
         self.check_scene(scene)?;
         let vertices = scene.vertices;
         let triangles = &self.triangles;
-        let adj_start = &self.adj_start;
-        let adj = &self.adj;
         let camera = scene.camera;
         let near = self.config.near;
-        let sh = scene.sh;
         let albedo = scene.albedo;
+        // 1. Per vertex: projection (and input check).
         self.verts
             .par_chunks_mut(VERTEX_CHUNK)
             .zip(self.chunk_bad.par_iter_mut())
@@ -413,27 +413,6 @@ impl PhotometricPass {
                     if !(p.iter().all(|x| x.is_finite()) && a.iter().all(|x| x.is_finite())) {
                         *bad = true;
                     }
-                    // Area-weighted normal: the face cross product has length twice the area.
-                    let mut m = [0.0f32; 3];
-                    for &e in &adj[adj_start[v] as usize..adj_start[v + 1] as usize] {
-                        let t = triangles[(e / 3) as usize];
-                        let p0 = vertices[t[0] as usize];
-                        let ea = sub(vertices[t[1] as usize], p0);
-                        let eb = sub(vertices[t[2] as usize], p0);
-                        m = add(m, cross(ea, eb));
-                    }
-                    let len = dot(m, m).sqrt();
-                    let (n, inv_len) = if len > 1e-30 {
-                        let il = 1.0 / len;
-                        (scale(m, il), il)
-                    } else {
-                        ([0.0; 3], 0.0)
-                    };
-                    let e = shade_factor(sh, &sh_basis(n));
-                    vs.normal = n;
-                    vs.inv_len = inv_len;
-                    vs.irradiance = e;
-                    vs.shade = [a[0] * e[0], a[1] * e[1], a[2] * e[2]];
                     vs.proj = camera
                         .project(p, near)
                         .unwrap_or([f32::NAN, f32::NAN, 0.0, 0.0]);
@@ -444,14 +423,22 @@ impl PhotometricPass {
                 "the vertex positions or albedo contain NaN or infinity",
             ));
         }
+        // 2. Per triangle: face cross product (for the normals) and rasteriser set-up.
         let verts = &self.verts;
         let (wf, hf) = (self.width as f32, self.height as f32);
         let cull = self.config.cull_backfaces;
         let persp = camera.is_perspective();
         self.setup
             .par_iter_mut()
+            .zip(self.tri_cross.par_iter_mut())
             .zip(triangles.par_iter())
-            .for_each(|(s, t)| {
+            .for_each(|((s, cr), t)| {
+                // Area-weighted normals: the cross product has length twice the area.
+                let p0 = vertices[t[0] as usize];
+                *cr = cross(
+                    sub(vertices[t[1] as usize], p0),
+                    sub(vertices[t[2] as usize], p0),
+                );
                 s.bbox = [1, 0, 0, 0];
                 let p = [
                     verts[t[0] as usize].proj,
@@ -492,6 +479,36 @@ impl PhotometricPass {
                 } else {
                     [p[0][2], p[1][2], p[2][2]]
                 };
+            });
+        // 3. Per vertex: normal (gather over incident faces) and SH shading.
+        let tri_cross = &self.tri_cross;
+        let adj_start = &self.adj_start;
+        let adj = &self.adj;
+        let sh = scene.sh;
+        self.verts
+            .par_chunks_mut(VERTEX_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (j, vs) in chunk.iter_mut().enumerate() {
+                    let v = ci * VERTEX_CHUNK + j;
+                    let mut m = [0.0f32; 3];
+                    for &e in &adj[adj_start[v] as usize..adj_start[v + 1] as usize] {
+                        m = add(m, tri_cross[(e / 3) as usize]);
+                    }
+                    let len = dot(m, m).sqrt();
+                    let (n, inv_len) = if len > 1e-30 {
+                        let il = 1.0 / len;
+                        (scale(m, il), il)
+                    } else {
+                        ([0.0; 3], 0.0)
+                    };
+                    let a = albedo[v];
+                    let e = shade_factor(sh, &sh_basis(n));
+                    vs.normal = n;
+                    vs.inv_len = inv_len;
+                    vs.irradiance = e;
+                    vs.shade = [a[0] * e[0], a[1] * e[1], a[2] * e[2]];
+                }
             });
         self.active.clear();
         for (ti, s) in self.setup.iter().enumerate() {
