@@ -1,0 +1,432 @@
+//! Builds Visage's open head model from third-party sources (see `docs/model.md`).
+//!
+//! [`build_open_model`] reads the inputs in a data directory (FLAME 2023 Open, ICT-FaceKit,
+//! the RingNet 68-point embedding and MediaPipe's canonical face), registers the FLAME template
+//! onto the ICT head, transfers ICT's 53 ARKit-named expressions onto FLAME topology, adds
+//! joints and skinning, regions, a UV layout, landmark embeddings and a symmetry map, and
+//! writes the model file. The build is deterministic: fixed iteration counts, sequential
+//! reductions, no hash-map iteration.
+
+pub mod bvh;
+pub mod mesh;
+pub mod npy;
+pub mod regions;
+pub mod register;
+pub mod similarity;
+pub mod sources;
+pub mod sparse;
+pub mod topology;
+
+use std::path::{Path, PathBuf};
+
+use mesh::{V3, bary_point, centroid};
+use register::{EmbeddedLandmark, Target};
+use topology::{FlameTopology, LipSide, label_opening_sides};
+
+/// Errors from building the open head model.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An input file is missing.
+    #[error(
+        "the head-model input `{path}` is missing ({what}); pass the directory that holds \
+         flame2023_open/, ict_facekit/, flame_landmarks_ringnet/ and mediapipe/"
+    )]
+    Missing {
+        /// Expected path.
+        path: String,
+        /// What the file is.
+        what: String,
+    },
+    /// An input file could not be read.
+    #[error("could not read `{path}`: {source}")]
+    Io {
+        /// Path of the file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// An input file has unexpected content.
+    #[error("`{path}` cannot be used to build the head model: {detail}")]
+    BadInput {
+        /// Path of the file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A mesh does not have the structure the builder relies on.
+    #[error("unexpected mesh structure: {0}")]
+    Topology(String),
+    /// A numerical step failed.
+    #[error("the head-model build failed: {0}")]
+    Numerical(String),
+}
+
+/// Paths of the inputs inside a data directory.
+#[derive(Debug, Clone)]
+pub struct SourcePaths {
+    /// `flame2023_open/flame2023_open_subset.npz`.
+    pub flame: PathBuf,
+    /// `ict_facekit/ict_facekit_subset.npz`.
+    pub ict: PathBuf,
+    /// `ict_facekit/expression_names.json`.
+    pub ict_names: PathBuf,
+    /// `flame_landmarks_ringnet/flame_landmarks_68.npz`.
+    pub ringnet: PathBuf,
+    /// `mediapipe/canonical_face_model.obj`.
+    pub mediapipe: PathBuf,
+}
+
+impl SourcePaths {
+    /// The standard layout under `data_dir`; checks that every file exists.
+    pub fn in_dir(data_dir: &Path) -> Result<Self, BuildError> {
+        let p = Self {
+            flame: data_dir.join("flame2023_open/flame2023_open_subset.npz"),
+            ict: data_dir.join("ict_facekit/ict_facekit_subset.npz"),
+            ict_names: data_dir.join("ict_facekit/expression_names.json"),
+            ringnet: data_dir.join("flame_landmarks_ringnet/flame_landmarks_68.npz"),
+            mediapipe: data_dir.join("mediapipe/canonical_face_model.obj"),
+        };
+        for (path, what) in [
+            (&p.flame, "FLAME 2023 Open template and identity basis"),
+            (&p.ict, "ICT-FaceKit head and blendshapes"),
+            (&p.ict_names, "ICT-FaceKit expression names"),
+            (&p.ringnet, "FLAME 68-point landmark embedding"),
+            (&p.mediapipe, "MediaPipe canonical face"),
+        ] {
+            if !path.is_file() {
+                return Err(BuildError::Missing {
+                    path: path.display().to_string(),
+                    what: what.into(),
+                });
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Summary statistics of a set of distances (metres).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DistanceStats {
+    /// Number of samples.
+    pub count: usize,
+    /// Mean.
+    pub mean: f64,
+    /// 95th percentile (nearest rank).
+    pub p95: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl DistanceStats {
+    /// Statistics of `d`.
+    pub fn of(d: &[f64]) -> Self {
+        if d.is_empty() {
+            return Self::default();
+        }
+        let mut s = d.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = ((0.95 * s.len() as f64).ceil() as usize).clamp(1, s.len());
+        Self {
+            count: s.len(),
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+            p95: s[rank - 1],
+            max: s[s.len() - 1],
+        }
+    }
+
+    /// `mean / p95 / max` in millimetres.
+    pub fn mm(&self) -> String {
+        format!(
+            "mean {:.2} mm, p95 {:.2} mm, max {:.2} mm (n = {})",
+            self.mean * 1e3,
+            self.p95 * 1e3,
+            self.max * 1e3,
+            self.count
+        )
+    }
+}
+
+/// Measured quality of the registration.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationReport {
+    /// Scale of the ICT → FLAME similarity (after centimetres → metres).
+    pub similarity_scale: f64,
+    /// Rotation angle of the similarity, degrees.
+    pub similarity_rotation_deg: f64,
+    /// Landmark residuals after the similarity (68 pairs).
+    pub landmarks_similarity: DistanceStats,
+    /// Landmark residuals after the non-rigid registration (68 pairs).
+    pub landmarks_registered: DistanceStats,
+    /// Landmark residuals after registration, iBUG 17–67 (no jaw contour).
+    pub landmarks_registered_inner: DistanceStats,
+    /// Distance from every registered face-region vertex to the ICT surface.
+    pub face_all: DistanceStats,
+    /// The same, over face vertices whose closest ICT point is not on an ICT opening's rim
+    /// (vertices inside the mouth and eye sockets have no counterpart on ICT's surface).
+    pub face_matched: DistanceStats,
+    /// Distance from ICT face vertices to the registered FLAME surface.
+    pub ict_to_flame_face: DistanceStats,
+    /// Stage log of the non-rigid iterations.
+    pub stages: Vec<register::StageLog>,
+}
+
+/// Everything the build computes, kept for reports and pictures.
+pub struct Workbench {
+    /// FLAME source.
+    pub flame: sources::FlameSource,
+    /// ICT source (metres, ICT frame).
+    pub ict: sources::IctSource,
+    /// RingNet embedding.
+    pub ringnet: sources::RingnetEmbedding,
+    /// MediaPipe canonical face.
+    pub mediapipe: sources::MediapipeCanonical,
+    /// FLAME topology facts.
+    pub topo: FlameTopology,
+    /// The 68 landmarks on the FLAME template (frontal contour).
+    pub flame_landmarks: [V3; 68],
+    /// Regions on the template.
+    pub regions: regions::Regions,
+    /// ICT → FLAME-frame similarity.
+    pub similarity: similarity::Similarity,
+    /// ICT neutral in FLAME's frame.
+    pub ict_in_flame: Vec<V3>,
+    /// ICT head-surface triangles (eyeballs excluded).
+    pub ict_head_triangles: Vec<[u32; 3]>,
+    /// Registered FLAME positions (head deformed; eyeballs moved rigidly to ICT's eye centres).
+    pub registered: Vec<V3>,
+    /// For each FLAME head vertex, its sample point on the ICT surface (eyeball vertices: `None`).
+    pub samples: Vec<Option<bvh::SurfaceHit>>,
+    /// Upper/lower lip labels on FLAME.
+    pub flame_lips: Vec<LipSide>,
+    /// Registration quality.
+    pub registration: RegistrationReport,
+}
+
+/// The 68 FLAME landmarks (iBUG order; contour from row 0, the frontal one) as embedded points.
+fn flame_landmark_embedding(
+    ringnet: &sources::RingnetEmbedding,
+    triangles: &[[u32; 3]],
+) -> Vec<(u32, [u32; 3], V3)> {
+    let mut out = Vec::with_capacity(68);
+    for i in 0..17 {
+        let f = ringnet.dynamic_faces[0][i];
+        out.push((f, triangles[f as usize], ringnet.dynamic_bary[0][i]));
+    }
+    for (k, &f) in ringnet.static_faces.iter().enumerate() {
+        out.push((f, triangles[f as usize], ringnet.static_bary[k]));
+    }
+    out
+}
+
+/// Loads the sources and registers FLAME onto ICT.
+pub fn prepare(data_dir: &Path) -> Result<Workbench, BuildError> {
+    let paths = SourcePaths::in_dir(data_dir)?;
+    let flame = sources::read_flame(&paths.flame)?;
+    let ict = sources::read_ict(&paths.ict, &paths.ict_names)?;
+    let ringnet = sources::read_ringnet(&paths.ringnet, flame.triangles.len())?;
+    let mediapipe = sources::read_mediapipe(&paths.mediapipe)?;
+
+    let emb = flame_landmark_embedding(&ringnet, &flame.triangles);
+    let flame_landmarks: [V3; 68] =
+        std::array::from_fn(|i| bary_point(&flame.template, emb[i].1, emb[i].2));
+    let mouth_hint = centroid(&flame_landmarks[60..68], &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let topo = FlameTopology::new(&flame.template, &flame.triangles, mouth_hint)?;
+    let regions = regions::define_regions(&flame.template, &topo, &flame_landmarks);
+
+    // Similarity ICT → FLAME from the 68 landmark pairs.
+    let ict_lm: Vec<V3> = ict
+        .landmarks68
+        .iter()
+        .map(|&i| ict.neutral[i as usize])
+        .collect();
+    let (similarity, lm_res) = register::landmark_similarity(&ict_lm, &flame_landmarks)
+        .ok_or_else(|| {
+            BuildError::Numerical("the 68 landmark pairs do not define a similarity".into())
+        })?;
+    let ict_in_flame: Vec<V3> = ict.neutral.iter().map(|&p| similarity.point(p)).collect();
+
+    // ICT structure: head surface (largest component) and its mouth loop.
+    let nv_ict = ict.neutral.len();
+    let comp = mesh::connected_components(nv_ict, &ict.triangles);
+    let mut sizes = vec![0usize; comp.iter().copied().max().map_or(0, |m| m as usize + 1)];
+    for &c in &comp {
+        sizes[c as usize] += 1;
+    }
+    let head_comp = (0..sizes.len())
+        .max_by_key(|&c| (sizes[c], usize::MAX - c))
+        .unwrap_or(0) as u32;
+    let ict_is_head: Vec<bool> = comp.iter().map(|&c| c == head_comp).collect();
+    let ict_head_triangles: Vec<[u32; 3]> = ict
+        .triangles
+        .iter()
+        .filter(|t| ict_is_head[t[0] as usize])
+        .copied()
+        .collect();
+    let ict_mouth_hint = centroid(&ict_in_flame, &ict.landmarks68[60..68]);
+    let ict_loops = mesh::boundary_loops(&ict_head_triangles);
+    let ict_mouth = ict_loops
+        .iter()
+        .min_by(|a, b| {
+            mesh::dist(centroid(&ict_in_flame, a), ict_mouth_hint)
+                .total_cmp(&mesh::dist(centroid(&ict_in_flame, b), ict_mouth_hint))
+        })
+        .ok_or_else(|| BuildError::Topology("the ICT head surface has no mouth opening".into()))?;
+    let ict_adj = mesh::adjacency(nv_ict, &ict_head_triangles);
+    let ict_lips = label_opening_sides(
+        &ict_in_flame,
+        &ict_adj,
+        ict_mouth,
+        0.025,
+        Some(&ict_is_head),
+    );
+    let flame_lips = label_opening_sides(
+        &flame.template,
+        &topo.adjacency,
+        &topo.mouth_loop,
+        0.025,
+        Some(&topo.is_head),
+    );
+
+    let target = Target::new(&ict_in_flame, &ict_head_triangles, &ict_lips);
+    let ict_lm_f: Vec<V3> = ict_lm.iter().map(|&p| similarity.point(p)).collect();
+    let landmarks: Vec<EmbeddedLandmark> = (0..68)
+        .map(|i| EmbeddedLandmark {
+            triangle: emb[i].1,
+            bary: emb[i].2,
+            target: ict_lm_f[i],
+            // The jaw contour and the outer brow ends are defined differently in the two
+            // landmark sets; they guide the start but weigh less.
+            weight: if i <= 17 || i == 26 { 0.3 } else { 1.0 },
+        })
+        .collect();
+    let (mut registered, stages) = register::register_nonrigid(
+        &flame.template,
+        &topo.head,
+        &topo.head_triangles,
+        &flame_lips,
+        &landmarks,
+        &target,
+    );
+
+    // Final sample points (every head vertex gets one; lip sides respected).
+    let samples: Vec<Option<bvh::SurfaceHit>> = (0..flame.template.len())
+        .map(|v| {
+            if topo.is_head[v] {
+                target.closest(registered[v], flame_lips[v], f64::INFINITY)
+            } else {
+                None
+            }
+        })
+        .collect();
+    if samples
+        .iter()
+        .enumerate()
+        .any(|(v, s)| topo.is_head[v] && s.is_none())
+    {
+        return Err(BuildError::Numerical(
+            "a FLAME vertex found no point on the ICT surface".into(),
+        ));
+    }
+
+    // Eyeballs: rigid, centred on ICT's eyeball centres.
+    let ict_eye_centres = ict_eye_centres(&ict, &comp, head_comp, &similarity);
+    for (eye, centre) in [
+        (&topo.left_eyeball, ict_eye_centres.0),
+        (&topo.right_eyeball, ict_eye_centres.1),
+    ] {
+        let pts: Vec<V3> = eye.iter().map(|&v| flame.template[v as usize]).collect();
+        let (c, _) = mesh::fit_sphere(&pts);
+        let shift = mesh::sub(centre, c);
+        for &v in eye.iter() {
+            registered[v as usize] = mesh::add(flame.template[v as usize], shift);
+        }
+    }
+
+    // Residuals.
+    let face = regions.mask("face");
+    let mut all = Vec::new();
+    let mut matched = Vec::new();
+    for v in 0..flame.template.len() {
+        if !face[v] {
+            continue;
+        }
+        if let Some(h) = &samples[v] {
+            let d = mesh::dist(registered[v], h.point);
+            all.push(d);
+            if !target.on_boundary(h) {
+                matched.push(d);
+            }
+        }
+    }
+    let lm_reg: Vec<f64> = landmarks
+        .iter()
+        .map(|l| mesh::dist(bary_point(&registered, l.triangle, l.bary), l.target))
+        .collect();
+    // Reverse: ICT head vertices whose closest registered-FLAME point lies on a face triangle.
+    let face_tris: Vec<[u32; 3]> = topo
+        .head_triangles
+        .iter()
+        .filter(|t| t.iter().all(|&v| face[v as usize]))
+        .copied()
+        .collect();
+    let flame_bvh = bvh::TriangleBvh::new(&registered, &topo.head_triangles);
+    let face_tri_set: Vec<bool> = topo
+        .head_triangles
+        .iter()
+        .map(|t| t.iter().all(|&v| face[v as usize]))
+        .collect();
+    let reverse: Vec<f64> = (0..nv_ict)
+        .filter(|&i| ict_is_head[i] && !target.boundary[i])
+        .filter_map(|i| {
+            let h = flame_bvh.closest(ict_in_flame[i], 0.05, &|_| true)?;
+            face_tri_set[h.triangle as usize].then(|| h.dist2.sqrt())
+        })
+        .collect();
+    let _ = face_tris;
+    let registration = RegistrationReport {
+        similarity_scale: similarity.scale,
+        similarity_rotation_deg: similarity::rotation_angle(&similarity.rotation).to_degrees(),
+        landmarks_similarity: DistanceStats::of(&lm_res),
+        landmarks_registered: DistanceStats::of(&lm_reg),
+        landmarks_registered_inner: DistanceStats::of(&lm_reg[17..]),
+        face_all: DistanceStats::of(&all),
+        face_matched: DistanceStats::of(&matched),
+        ict_to_flame_face: DistanceStats::of(&reverse),
+        stages,
+    };
+
+    Ok(Workbench {
+        flame,
+        ict,
+        ringnet,
+        mediapipe,
+        topo,
+        flame_landmarks,
+        regions,
+        similarity,
+        ict_in_flame,
+        ict_head_triangles,
+        registered,
+        samples,
+        flame_lips,
+        registration,
+    })
+}
+
+/// Centres of ICT's left (+x) and right eyeballs in FLAME's frame: sphere fits over all
+/// non-head components on each side.
+fn ict_eye_centres(
+    ict: &sources::IctSource,
+    comp: &[u32],
+    head_comp: u32,
+    sim: &similarity::Similarity,
+) -> (V3, V3) {
+    let (mut l, mut r) = (Vec::new(), Vec::new());
+    for (i, &c) in comp.iter().enumerate() {
+        if c != head_comp {
+            let p = sim.point(ict.neutral[i]);
+            if p[0] > 0.0 { l.push(p) } else { r.push(p) }
+        }
+    }
+    (mesh::fit_sphere(&l).0, mesh::fit_sphere(&r).0)
+}
