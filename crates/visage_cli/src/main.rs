@@ -1,1 +1,275 @@
-fn main(){}
+//! `visage`: the Visage command line.
+//!
+//! Subcommands: `model-info` (what a head model holds and where it comes from) and
+//! `convert-flame` (official FLAME files into Visage's model format). Errors exit with status 1
+//! and one sentence on standard error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use visage_core::model::FlameModel;
+
+/// Default location of the shipped head model, relative to the repository root.
+const DEFAULT_MODEL: &str = "assets/models/visage_head.safetensors";
+
+#[derive(Parser)]
+#[command(
+    name = "visage",
+    version,
+    about = "Visage: one photo of a face to a FLAME-topology head"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print what a head model holds: counts, names, landmarks, regions, UVs and provenance.
+    ModelInfo {
+        /// Model file (Visage safetensors). Defaults to the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert an official FLAME model (`.pkl` of FLAME 2020 / 2023 / 2023 Open, or a FLAME
+    /// `.npz`) into Visage's safetensors model format.
+    ConvertFlame {
+        /// Input file: `generic_model.pkl`, `flame2023.pkl`, `flame2023_no_jaw.pkl`, or `.npz`.
+        input: PathBuf,
+        /// Output file (`.safetensors`); written atomically.
+        output: PathBuf,
+        /// Number of `shapedirs` columns that are identity (the rest are expression). FLAME
+        /// 2020 and 2023 use 300. For an `.npz` without expressions, leave it out.
+        #[arg(long)]
+        num_identity: Option<usize>,
+        /// Model name to record in the output's metadata.
+        #[arg(long)]
+        name: Option<String>,
+        /// Licence to record in the output's metadata (default: "the licence of the input").
+        #[arg(long)]
+        licence: Option<String>,
+        /// Source to record in the output's metadata (default: the input's file name).
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ModelInfo { model, json } => model_info(model, json),
+        Command::ConvertFlame {
+            input,
+            output,
+            num_identity,
+            name,
+            licence,
+            source,
+        } => convert_flame(&input, &output, num_identity, name, licence, source),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("visage: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finds the shipped model: next to the working directory, or next to the binary's crate.
+fn default_model_path() -> PathBuf {
+    let here = PathBuf::from(DEFAULT_MODEL);
+    if here.exists() {
+        return here;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(DEFAULT_MODEL);
+    if repo.exists() { repo } else { here }
+}
+
+fn model_info(path: Option<PathBuf>, as_json: bool) -> Result<(), String> {
+    let path = path.unwrap_or_else(default_model_path);
+    let m = FlameModel::load(&path).map_err(|e| e.to_string())?;
+    let joints: Vec<String> = m
+        .skeleton
+        .as_ref()
+        .map(|s| s.names.clone())
+        .unwrap_or_default();
+    let regions: Vec<_> = m
+        .regions
+        .iter()
+        .map(|r| json!({"name": r.name, "vertices": r.vertices.len()}))
+        .collect();
+    let info = json!({
+        "file": path.display().to_string(),
+        "name": m.meta.name,
+        "format_version": m.meta.format_version,
+        "units": m.meta.units,
+        "vertices": m.num_vertices(),
+        "triangles": m.num_triangles(),
+        "identity_components": m.num_identity(),
+        "expression_components": m.num_expression(),
+        "expression_names": m.expression.names,
+        "detail_components": m.detail.as_ref().map_or(0, |d| d.count(m.num_vertices())),
+        "pose_correctives": m.pose_correctives.as_ref().map_or(0, |p| p.count(m.num_vertices())),
+        "joints": joints,
+        "landmarks_68": m.landmarks68.as_ref().map_or(0, |_| 68),
+        "landmarks_68_yaw_bins": m.landmarks68.as_ref().map_or(0, |l| l.num_bins()),
+        "landmarks_mediapipe": m.landmarks_mp.as_ref().map_or(0, |l| l.len()),
+        "regions": regions,
+        "uv": m.uv.as_ref().map(|u| json!({"coords": u.coords.len()})),
+        "symmetry": m.symmetry.is_some(),
+        "licence": m.meta.licence,
+        "source": m.meta.source,
+        "changes": m.meta.changes,
+        "extra": m.meta.extra,
+    });
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("JSON values serialise")
+        );
+        return Ok(());
+    }
+    println!("model       {} ({})", m.meta.name, path.display());
+    println!(
+        "format      visage-flame v{}, {}",
+        m.meta.format_version, m.meta.units
+    );
+    println!("vertices    {}", m.num_vertices());
+    println!("triangles   {}", m.num_triangles());
+    println!("identity    {} components", m.num_identity());
+    if let Some(d) = &m.detail {
+        println!("detail      {} components", d.count(m.num_vertices()));
+    }
+    println!("expression  {} components", m.num_expression());
+    if !m.expression.names.is_empty() {
+        println!("            {}", m.expression.names.join(", "));
+    }
+    match &m.skeleton {
+        Some(s) => println!("joints      {} ({})", s.num_joints(), s.names.join(", ")),
+        None => println!("joints      0 (shape-only model)"),
+    }
+    println!(
+        "pose corr.  {}",
+        m.pose_correctives
+            .as_ref()
+            .map_or(0, |p| p.count(m.num_vertices()))
+    );
+    match &m.landmarks68 {
+        Some(l) => println!(
+            "landmarks   68 (51 static + 17 contour × {} yaw bins)",
+            l.num_bins()
+        ),
+        None => println!("landmarks   no 68-point embedding"),
+    }
+    match &m.landmarks_mp {
+        Some(l) => println!("            {} MediaPipe points", l.len()),
+        None => println!("            no MediaPipe embedding"),
+    }
+    if m.regions.is_empty() {
+        println!("regions     none");
+    } else {
+        let list: Vec<String> = m
+            .regions
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.vertices.len()))
+            .collect();
+        println!("regions     {}: {}", m.regions.len(), list.join(", "));
+    }
+    println!(
+        "uv          {}",
+        m.uv.as_ref().map_or("absent".to_string(), |u| format!(
+            "present ({} coordinates)",
+            u.coords.len()
+        ))
+    );
+    println!(
+        "symmetry    {}",
+        if m.symmetry.is_some() {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    println!("licence     {}", m.meta.licence);
+    println!("source      {}", m.meta.source);
+    if !m.meta.changes.is_empty() {
+        println!("changes     {}", m.meta.changes);
+    }
+    for (k, v) in &m.meta.extra {
+        println!("{k:<11} {v}");
+    }
+    Ok(())
+}
+
+fn convert_flame(
+    input: &Path,
+    output: &Path,
+    num_identity: Option<usize>,
+    name: Option<String>,
+    licence: Option<String>,
+    source: Option<String>,
+) -> Result<(), String> {
+    let ext = input
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let model = match ext.as_str() {
+        "npz" => {
+            let meta = visage_core::model::ModelMeta {
+                name: name.unwrap_or_else(|| {
+                    input
+                        .file_stem()
+                        .map_or("FLAME".into(), |s| s.to_string_lossy().into_owned())
+                }),
+                format_version: visage_core::model::storage::FORMAT_VERSION,
+                units: "metres".into(),
+                licence: licence.unwrap_or_else(|| "the licence of the input FLAME file".into()),
+                source: source.unwrap_or_else(|| {
+                    format!(
+                        "{} (FLAME: Li, Bolkart, Black, Li, Romero, SIGGRAPH Asia 2017)",
+                        input
+                            .file_name()
+                            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+                    )
+                }),
+                changes:
+                    "converted to Visage's safetensors layout (float32, component-major bases)"
+                        .into(),
+                extra: Default::default(),
+            };
+            visage_core::model::npz_import::import_flame_npz(input, num_identity, meta)
+                .map_err(|e| e.to_string())?
+        }
+        "pkl" => {
+            return Err(format!(
+                "cannot convert `{}`: reading FLAME `.pkl` files is not in this build yet",
+                input.display()
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "cannot convert `{}`: expected a FLAME `.pkl` or `.npz` file",
+                input.display()
+            ));
+        }
+    };
+    model.save(output).map_err(|e| e.to_string())?;
+    println!(
+        "wrote {}: {} vertices, {} triangles, {} identity and {} expression components, {} joints",
+        output.display(),
+        model.num_vertices(),
+        model.num_triangles(),
+        model.num_identity(),
+        model.num_expression(),
+        model.num_joints()
+    );
+    Ok(())
+}
