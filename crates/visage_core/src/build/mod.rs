@@ -7,21 +7,31 @@
 //! writes the model file. The build is deterministic: fixed iteration counts, sequential
 //! reductions, no hash-map iteration.
 
+pub mod assemble;
 pub mod bvh;
+pub mod landmarks;
 pub mod mesh;
 pub mod npy;
 pub mod regions;
 pub mod register;
 pub mod similarity;
+pub mod skeleton;
 pub mod sources;
 pub mod sparse;
+pub mod symmetry;
 pub mod topology;
+pub mod transfer;
+pub mod uv;
 
 use std::path::{Path, PathBuf};
 
 use mesh::{V3, bary_point, centroid};
 use register::{EmbeddedLandmark, Target};
 use topology::{FlameTopology, LipSide, label_opening_sides};
+
+/// Surface distance from the mouth opening within which vertices are labelled upper or lower
+/// lip (metres).
+pub const LIP_RADIUS: f64 = 0.015;
 
 /// Errors from building the open head model.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,9 @@ pub enum BuildError {
     /// A numerical step failed.
     #[error("the head-model build failed: {0}")]
     Numerical(String),
+    /// The model could not be written.
+    #[error("could not write the head model: {0}")]
+    Save(#[from] crate::model::ModelError),
 }
 
 /// Paths of the inputs inside a data directory.
@@ -192,6 +205,8 @@ pub struct Workbench {
     pub ict_in_flame: Vec<V3>,
     /// ICT head-surface triangles (eyeballs excluded).
     pub ict_head_triangles: Vec<[u32; 3]>,
+    /// Whether each ICT vertex is on the head surface (not an eyeball).
+    pub ict_is_head: Vec<bool>,
     /// Registered FLAME positions (head deformed; eyeballs moved rigidly to ICT's eye centres).
     pub registered: Vec<V3>,
     /// For each FLAME head vertex, its sample point on the ICT surface (eyeball vertices: `None`).
@@ -276,14 +291,14 @@ pub fn prepare(data_dir: &Path) -> Result<Workbench, BuildError> {
         &ict_in_flame,
         &ict_adj,
         ict_mouth,
-        0.025,
+        LIP_RADIUS,
         Some(&ict_is_head),
     );
     let flame_lips = label_opening_sides(
         &flame.template,
         &topo.adjacency,
         &topo.mouth_loop,
-        0.025,
+        LIP_RADIUS,
         Some(&topo.is_head),
     );
 
@@ -406,6 +421,7 @@ pub fn prepare(data_dir: &Path) -> Result<Workbench, BuildError> {
         similarity,
         ict_in_flame,
         ict_head_triangles,
+        ict_is_head,
         registered,
         samples,
         flame_lips,
@@ -429,4 +445,147 @@ fn ict_eye_centres(
         }
     }
     (mesh::fit_sphere(&l).0, mesh::fit_sphere(&r).0)
+}
+
+/// Everything measured during a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// Registration quality.
+    pub registration: RegistrationReport,
+    /// Expression-transfer measurements.
+    pub transfer: assemble::TransferReport,
+    /// How the 68-point contour rows were matched to yaw angles.
+    pub contour: Option<landmarks::ContourCheck>,
+    /// MediaPipe embedding measurements.
+    pub mediapipe: landmarks::MediapipeReport,
+    /// Symmetry-map measurements.
+    pub symmetry: symmetry::SymmetryReport,
+    /// Joint positions on the template.
+    pub skeleton: skeleton::SkeletonReport,
+    /// UV-layout measurements.
+    pub uv: uv::UvReport,
+    /// Where the model was written (empty when not written).
+    pub output: String,
+}
+
+impl BuildReport {
+    /// Key/value pairs stored in the model's metadata (`extra`).
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        let r = &self.registration;
+        let mm = |x: f64| format!("{:.3}", x * 1e3);
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            "builder".into(),
+            "visage_core::build (visage build-model)".into(),
+        );
+        m.insert(
+            "registration.similarity_scale".into(),
+            format!("{:.5}", r.similarity_scale),
+        );
+        m.insert(
+            "registration.landmarks_similarity_mean_mm".into(),
+            mm(r.landmarks_similarity.mean),
+        );
+        m.insert(
+            "registration.landmarks_registered_mean_mm".into(),
+            mm(r.landmarks_registered.mean),
+        );
+        m.insert(
+            "registration.landmarks_registered_inner_mean_mm".into(),
+            mm(r.landmarks_registered_inner.mean),
+        );
+        m.insert("registration.face_mean_mm".into(), mm(r.face_all.mean));
+        m.insert("registration.face_p95_mm".into(), mm(r.face_all.p95));
+        m.insert(
+            "registration.face_matched_mean_mm".into(),
+            mm(r.face_matched.mean),
+        );
+        m.insert(
+            "registration.face_matched_p95_mm".into(),
+            mm(r.face_matched.p95),
+        );
+        m.insert(
+            "registration.ict_to_flame_face_mean_mm".into(),
+            mm(r.ict_to_flame_face.mean),
+        );
+        m.insert(
+            "registration.ict_to_flame_face_p95_mm".into(),
+            mm(r.ict_to_flame_face.p95),
+        );
+        m.insert(
+            "expression.names".into(),
+            "ICT-FaceKit (ARKit-style, _L/_R = subject's left/right)".into(),
+        );
+        m
+    }
+}
+
+/// Builds the model in memory: the model, the intermediate workbench and the report.
+pub fn build_model(
+    data_dir: &Path,
+) -> Result<(crate::model::FlameModel, Workbench, BuildReport), BuildError> {
+    let wb = prepare(data_dir)?;
+    let v = &wb.flame.template;
+    let mask = transfer::expression_mask(v, &wb.topo, &wb.regions);
+    let (expression, transfer_report) = assemble::transfer_expressions(&wb, &mask);
+    let detail = assemble::transfer_detail(&wb);
+    let (lm68, contour) = landmarks::landmarks68(&wb.ringnet, v, &wb.topo, &wb.flame.triangles);
+    let (lm_mp, mp_report, _) = landmarks::mediapipe_embedding(
+        &wb.mediapipe,
+        v,
+        &wb.topo,
+        &wb.flame_lips,
+        &wb.flame_landmarks,
+    )
+    .ok_or_else(|| {
+        BuildError::Numerical("the MediaPipe canonical face could not be placed on FLAME".into())
+    })?;
+    let (sym, sym_report) = symmetry::symmetry_map(v, &wb.topo);
+    let (skel, skel_report) = skeleton::build_skeleton(
+        v,
+        &wb.topo,
+        &wb.regions,
+        &wb.flame_lips,
+        &wb.flame_landmarks,
+    );
+    let face = wb.regions.mask("face");
+    let (uv, uv_report) = uv::build_uv(v, &wb.flame.triangles, &wb.topo, &face)
+        .map_err(|e| BuildError::Numerical(format!("UV layout: {e}")))?;
+    let report = BuildReport {
+        registration: wb.registration.clone(),
+        transfer: transfer_report,
+        contour: Some(contour),
+        mediapipe: mp_report,
+        symmetry: sym_report,
+        skeleton: skel_report,
+        uv: uv_report,
+        output: String::new(),
+    };
+    let mut model = assemble::assemble(&wb, expression, Some(detail), report.metadata())?;
+    model.landmarks68 = Some(lm68);
+    model.landmarks_mp = Some(lm_mp);
+    model.symmetry = Some(sym);
+    model.skeleton = Some(skel);
+    model.uv = Some(uv);
+    model
+        .validate("<built model>")
+        .map_err(|e| BuildError::Numerical(format!("the assembled model is inconsistent: {e}")))?;
+    Ok((model, wb, report))
+}
+
+/// Builds the open head model from the inputs in `data_dir` and writes it to `out_path`
+/// (atomically: a failed build leaves no file behind). See the module documentation.
+pub fn build_open_model(data_dir: &Path, out_path: &Path) -> Result<BuildReport, BuildError> {
+    let (model, _, mut report) = build_model(data_dir)?;
+    if let Some(dir) = out_path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+    }
+    model.save(out_path)?;
+    report.output = out_path.display().to_string();
+    Ok(report)
 }

@@ -25,6 +25,8 @@ pub struct FlameTopology {
     pub is_head: Vec<bool>,
     /// Triangles of the head surface.
     pub head_triangles: Vec<[u32; 3]>,
+    /// Index in the full triangle list of each entry of `head_triangles`.
+    pub head_triangle_index: Vec<u32>,
     /// Vertices of the subject's left eyeball (+x side), ascending.
     pub left_eyeball: Vec<u32>,
     /// Vertices of the subject's right eyeball (−x side), ascending.
@@ -67,10 +69,12 @@ impl FlameTopology {
         for &v in &head {
             is_head[v as usize] = true;
         }
-        let head_triangles: Vec<[u32; 3]> = triangles
+        let head_triangle_index: Vec<u32> = (0..triangles.len() as u32)
+            .filter(|&t| is_head[triangles[t as usize][0] as usize])
+            .collect();
+        let head_triangles: Vec<[u32; 3]> = head_triangle_index
             .iter()
-            .filter(|t| is_head[t[0] as usize])
-            .copied()
+            .map(|&t| triangles[t as usize])
             .collect();
         let loops = mesh::boundary_loops(&head_triangles);
         if loops.len() != 2 {
@@ -90,6 +94,7 @@ impl FlameTopology {
             head,
             is_head,
             head_triangles,
+            head_triangle_index,
             left_eyeball: left,
             right_eyeball: right,
             mouth_loop,
