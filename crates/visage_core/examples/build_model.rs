@@ -66,10 +66,12 @@ fn print_report(report: &visage_core::build::BuildReport) {
     }
     let m = &report.mediapipe;
     println!(
-        "mediapipe: scale {:.5}, pairs mean {:.2} max {:.2} mm, projection mean {:.2} max {:.2} mm",
+        "mediapipe: scale {:.5}, pairs mean {:.2} max {:.2} mm (embedded {:.2} / {:.2}), projection mean {:.2} max {:.2} mm",
         m.scale,
         m.pair_mean * 1e3,
         m.pair_max * 1e3,
+        m.pair_embedded_mean * 1e3,
+        m.pair_embedded_max * 1e3,
         m.projection_mean * 1e3,
         m.projection_max * 1e3
     );

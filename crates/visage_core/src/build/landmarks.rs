@@ -1,8 +1,8 @@
 //! Landmark embeddings: the FLAME 68-point embedding (RingNet, with its contour rows checked
 //! against the geometry) and Visage's own 468-point MediaPipe embedding.
 
-use super::bvh::TriangleBvh;
 use super::mesh::{V3, bary_point, dist};
+use super::register::{EmbeddedLandmark, RegistrationParams, Target, register_nonrigid};
 use super::similarity::{Similarity, fit_similarity};
 use super::sources::{MediapipeCanonical, RingnetEmbedding};
 use super::topology::{FlameTopology, LipSide, label_opening_sides};
@@ -135,15 +135,15 @@ pub fn landmarks68(
 }
 
 /// Pairs (MediaPipe FaceMesh index, iBUG 68 index) of points with the same anatomical
-/// definition, used for the similarity: eye corners, nasion, nose tip, subnasale, mouth
-/// corners, lip midpoints.
-pub const MEDIAPIPE_IBUG_PAIRS: [(usize, usize); 12] = [
+/// definition, used for the similarity and held during the fit: eye corners, nasion,
+/// subnasale, mouth corners, lip midpoints. (The nose tip is left out: iBUG 30 lies between
+/// FaceMesh points 4 and 1.)
+pub const MEDIAPIPE_IBUG_PAIRS: [(usize, usize); 11] = [
     (33, 36),
     (133, 39),
     (362, 42),
     (263, 45),
     (168, 27),
-    (1, 30),
     (2, 33),
     (61, 48),
     (291, 54),
@@ -151,6 +151,22 @@ pub const MEDIAPIPE_IBUG_PAIRS: [(usize, usize); 12] = [
     (17, 57),
     (13, 62),
 ];
+
+/// Settings of the canonical face's fit onto FLAME: stiff (α from 100 to 3), landmark pairs
+/// held with a constant weight.
+pub const MEDIAPIPE_REGISTRATION: RegistrationParams<'static> = RegistrationParams {
+    schedule: &[(100.0, 3), (30.0, 3), (10.0, 3), (3.0, 3)],
+    landmark_weight: 10.0,
+    landmark_decay: false,
+    max_distance: 0.02,
+    min_normal_dot: 0.3,
+};
+
+/// The vertices of model triangle `t` (a head triangle index in the full list).
+fn topo_triangle(topo: &FlameTopology, t: u32) -> [u32; 3] {
+    let k = topo.head_triangle_index.partition_point(|&x| x < t);
+    topo.head_triangles[k]
+}
 
 /// Measurements of the MediaPipe embedding.
 #[derive(Debug, Clone, Copy, Default)]
@@ -161,15 +177,20 @@ pub struct MediapipeReport {
     pub pair_mean: f64,
     /// Largest residual of the landmark pairs after the similarity (metres).
     pub pair_max: f64,
-    /// Mean distance of the 468 points to the FLAME surface before projection (metres).
+    /// Mean residual of the landmark pairs on the final embedding (metres).
+    pub pair_embedded_mean: f64,
+    /// Largest residual of the landmark pairs on the final embedding (metres).
+    pub pair_embedded_max: f64,
+    /// Mean distance of the 468 fitted points to the FLAME surface before projection (metres).
     pub projection_mean: f64,
     /// Largest such distance (metres).
     pub projection_max: f64,
 }
 
 /// The 468-point MediaPipe embedding: the canonical face mapped onto the FLAME template by a
-/// similarity from [`MEDIAPIPE_IBUG_PAIRS`], then every point projected to the closest point
-/// of the FLAME head surface (upper-lip points onto the upper lip, lower onto the lower).
+/// similarity from [`MEDIAPIPE_IBUG_PAIRS`], fitted to the FLAME surface non-rigidly with those
+/// pairs held ([`MEDIAPIPE_REGISTRATION`]), then every point projected to the closest point of
+/// the FLAME head surface (upper-lip points onto the upper lip, lower onto the lower).
 pub fn mediapipe_embedding(
     mp: &MediapipeCanonical,
     v: &[V3],
@@ -191,20 +212,56 @@ pub fn mediapipe_embedding(
         .zip(&dst)
         .map(|(&a, &b)| dist(sim.point(a), b))
         .collect();
-    let pts: Vec<V3> = mp.vertices.iter().map(|&p| sim.point(p)).collect();
+    let placed: Vec<V3> = mp.vertices.iter().map(|&p| sim.point(p)).collect();
+    // The canonical face's triangles, facing outwards (+z on average) like FLAME's.
+    let facing: f64 = mp
+        .triangles
+        .iter()
+        .map(|t| {
+            let [a, b, c] = t.map(|i| placed[i as usize]);
+            super::mesh::cross(super::mesh::sub(b, a), super::mesh::sub(c, a))[2]
+        })
+        .sum();
+    let mp_tris: Vec<[u32; 3]> = if facing >= 0.0 {
+        mp.triangles.clone()
+    } else {
+        mp.triangles.iter().map(|t| [t[0], t[2], t[1]]).collect()
+    };
     // Lip sides of the canonical face, from its mouth opening.
-    let mp_adj = super::mesh::adjacency(pts.len(), &mp.triangles);
-    let loops = super::mesh::boundary_loops(&mp.triangles);
+    let mp_adj = super::mesh::adjacency(placed.len(), &mp_tris);
+    let loops = super::mesh::boundary_loops(&mp_tris);
     let mouth_hint = flame_landmarks[62];
     let mp_lips = loops
         .iter()
         .min_by(|a, b| {
-            dist(super::mesh::centroid(&pts, a), mouth_hint)
-                .total_cmp(&dist(super::mesh::centroid(&pts, b), mouth_hint))
+            dist(super::mesh::centroid(&placed, a), mouth_hint)
+                .total_cmp(&dist(super::mesh::centroid(&placed, b), mouth_hint))
         })
-        .map(|lp| label_opening_sides(&pts, &mp_adj, lp, 0.012, None))
-        .unwrap_or_else(|| vec![LipSide::None; pts.len()]);
-    let bvh = TriangleBvh::new(v, &topo.head_triangles);
+        .map(|lp| label_opening_sides(&placed, &mp_adj, lp, 0.012, None))
+        .unwrap_or_else(|| vec![LipSide::None; placed.len()]);
+    // Non-rigid fit of the canonical face onto the FLAME head surface, holding the paired
+    // landmarks on FLAME's.
+    let target = Target::new(v, &topo.head_triangles, flame_lips);
+    let pairs: Vec<EmbeddedLandmark> = MEDIAPIPE_IBUG_PAIRS
+        .iter()
+        .map(|&(m, i)| EmbeddedLandmark {
+            triangle: [m as u32; 3],
+            bary: [1.0, 0.0, 0.0],
+            target: flame_landmarks[i],
+            weight: 1.0,
+        })
+        .collect();
+    let all: Vec<u32> = (0..placed.len() as u32).collect();
+    let (pts, _) = register_nonrigid(
+        &placed,
+        &all,
+        &mp_tris,
+        &mp_lips,
+        &pairs,
+        &target,
+        &MEDIAPIPE_REGISTRATION,
+    );
+    let bvh = &target.bvh;
     let tri_side: Vec<(bool, bool)> = topo
         .head_triangles
         .iter()
@@ -230,10 +287,17 @@ pub fn mediapipe_embedding(
         bary.push(hit.bary.map(|x| x as f32));
         d.push(hit.dist2.sqrt());
     }
+    let embedded = |m: usize| bary_point(v, topo_triangle(topo, faces[m]), bary[m].map(f64::from));
+    let after: Vec<f64> = MEDIAPIPE_IBUG_PAIRS
+        .iter()
+        .map(|&(m, i)| dist(embedded(m), flame_landmarks[i]))
+        .collect();
     let report = MediapipeReport {
         scale: sim.scale,
         pair_mean: res.iter().sum::<f64>() / res.len() as f64,
         pair_max: res.iter().copied().fold(0.0, f64::max),
+        pair_embedded_mean: after.iter().sum::<f64>() / after.len() as f64,
+        pair_embedded_max: after.iter().copied().fold(0.0, f64::max),
         projection_mean: d.iter().sum::<f64>() / d.len() as f64,
         projection_max: d.iter().copied().fold(0.0, f64::max),
     };

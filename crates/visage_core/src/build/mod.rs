@@ -321,6 +321,7 @@ pub fn prepare(data_dir: &Path) -> Result<Workbench, BuildError> {
         &flame_lips,
         &landmarks,
         &target,
+        &register::ICT_REGISTRATION,
     );
 
     // Final sample points (every head vertex gets one; lip sides respected).
@@ -514,7 +515,70 @@ impl BuildReport {
         );
         m.insert(
             "expression.names".into(),
-            "ICT-FaceKit (ARKit-style, _L/_R = subject's left/right)".into(),
+            "ICT-FaceKit's ARKit-style names; _L/_R = the subject's left/right (ARKit's \
+             ...Left/...Right); browInnerUp and cheekPuff are split into _L/_R halves"
+                .into(),
+        );
+        m.insert(
+            "expression.mask".into(),
+            "deltas are exactly zero on regions scalp, neck_back, left_ear, right_ear, boundary"
+                .into(),
+        );
+        m.insert(
+            "regions.partition".into(),
+            regions::ATOMIC_REGIONS.join(","),
+        );
+        m.insert(
+            "regions.composite".into(),
+            "face = forehead+nose+lips+left/right_eye_region+left/right_cheek+chin; \
+             eye_region = left+right_eye_region; neck = neck_front+neck_back; \
+             boundary = vertices within 1.5 cm of the neck rim"
+                .into(),
+        );
+        m.insert(
+            "landmarks68.yaw".into(),
+            "contour row by Landmarks68::yaw_bin(yaw), yaw = head rotation about +y in degrees, \
+             positive turning the face towards +x (the subject's left); checked against the \
+             silhouette of the turned template"
+                .into(),
+        );
+        if let Some(c) = &self.contour {
+            m.insert(
+                "landmarks68.silhouette_gap_mm".into(),
+                format!("{} (other row order {})", mm(c.gap_chosen), mm(c.gap_other)),
+            );
+        }
+        let mp = &self.mediapipe;
+        m.insert(
+            "landmarks_mp.pair_residual_mm".into(),
+            format!(
+                "mean {} max {}",
+                mm(mp.pair_embedded_mean),
+                mm(mp.pair_embedded_max)
+            ),
+        );
+        let s = &self.symmetry;
+        m.insert(
+            "symmetry.involutive".into(),
+            format!("{}/{}", s.involutive, s.vertices),
+        );
+        m.insert(
+            "symmetry.mirror_distance_mm".into(),
+            format!("mean {} max {}", mm(s.mean_distance), mm(s.max_distance)),
+        );
+        m.insert(
+            "uv.face_share".into(),
+            format!(
+                "{:.3} of the charts' area, {:.3} of the texture",
+                self.uv.face_share_of_charts, self.uv.face_share_of_square
+            ),
+        );
+        m.insert(
+            "skeleton".into(),
+            "FLAME tree root>neck>{jaw,eye_left,eye_right}; root = neck rim, neck = ring below \
+             the chin, jaw = hinges in front of the ears, eyes = eyeball centres; eyeballs \
+             rigidly skinned to their eye joints"
+                .into(),
         );
         m
     }
@@ -540,7 +604,7 @@ pub fn build_model(
     .ok_or_else(|| {
         BuildError::Numerical("the MediaPipe canonical face could not be placed on FLAME".into())
     })?;
-    let (sym, sym_report) = symmetry::symmetry_map(v, &wb.topo);
+    let (sym, sym_report) = symmetry::symmetry_map(&wb.registered, &wb.topo);
     let (skel, skel_report) = skeleton::build_skeleton(
         v,
         &wb.topo,
@@ -586,6 +650,63 @@ pub fn build_open_model(data_dir: &Path, out_path: &Path) -> Result<BuildReport,
         })?;
     }
     model.save(out_path)?;
+    canonicalise_header(out_path)?;
     report.output = out_path.display().to_string();
     Ok(report)
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted (same length, padded with
+/// spaces), so two builds of the same model are byte-identical whatever order the writer's
+/// hash maps produced. Written to a temporary file and renamed over the original.
+pub fn canonicalise_header(path: &Path) -> Result<(), BuildError> {
+    let io = |e: std::io::Error| BuildError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let bad = |d: &str| BuildError::BadInput {
+        path: path.display().to_string(),
+        detail: d.to_string(),
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .ok_or_else(|| bad("the written model is truncated"))?;
+    let header = bytes
+        .get(8..8 + n)
+        .ok_or_else(|| bad("the written model's header is truncated"))?;
+    let value: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|_| bad("the written model's header is not JSON"))?;
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    let mut text = serde_json::to_string(&sorted(value))
+        .map_err(|_| bad("the written model's header cannot be re-encoded"))?
+        .into_bytes();
+    if text.len() > n {
+        return Err(bad("the sorted header is longer than the original"));
+    }
+    text.resize(n, b' ');
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..8]);
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    let tmp = path.with_extension("safetensors.tmp-canonical");
+    std::fs::write(&tmp, &out).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
 }

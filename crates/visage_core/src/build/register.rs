@@ -19,21 +19,37 @@ use super::similarity::{Similarity, fit_similarity};
 use super::sparse::{CsrMatrix, conjugate_gradient};
 use super::topology::LipSide;
 
-/// Stiffness schedule: `(α, iterations)`; β (landmark weight) is `LANDMARK_WEIGHT · α / α₀`.
-pub const SCHEDULE: [(f64, usize); 6] = [
-    (100.0, 3),
-    (30.0, 3),
-    (10.0, 3),
-    (3.0, 3),
-    (1.0, 3),
-    (0.3, 3),
-];
-/// Landmark weight at the stiffest stage.
-pub const LANDMARK_WEIGHT: f64 = 10.0;
-/// Correspondences farther than this are ignored (metres).
-pub const MAX_CORRESPONDENCE: f64 = 0.02;
-/// Correspondences whose normals differ by more than 60° are ignored.
-pub const MIN_NORMAL_DOT: f64 = 0.5;
+/// Settings of a non-rigid registration.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationParams<'a> {
+    /// Stiffness schedule: `(α, iterations)` per stage.
+    pub schedule: &'a [(f64, usize)],
+    /// Landmark weight β at the first stage.
+    pub landmark_weight: f64,
+    /// Whether β falls with α (`β = landmark_weight · α / α₀`) or stays constant.
+    pub landmark_decay: bool,
+    /// Correspondences farther than this are ignored (metres).
+    pub max_distance: f64,
+    /// Correspondences whose normals' dot product is below this are ignored.
+    pub min_normal_dot: f64,
+}
+
+/// The settings used to register FLAME onto ICT: α from 100 to 0.3 (three closest-point
+/// iterations each), β = 10 falling with α, 2 cm reach, normals within 60°.
+pub const ICT_REGISTRATION: RegistrationParams<'static> = RegistrationParams {
+    schedule: &[
+        (100.0, 3),
+        (30.0, 3),
+        (10.0, 3),
+        (3.0, 3),
+        (1.0, 3),
+        (0.3, 3),
+    ],
+    landmark_weight: 10.0,
+    landmark_decay: true,
+    max_distance: 0.02,
+    min_normal_dot: 0.5,
+};
 
 /// The target surface of the registration: the ICT head in FLAME's frame.
 pub struct Target {
@@ -131,6 +147,7 @@ pub fn register_nonrigid(
     lip: &[LipSide],
     landmarks: &[EmbeddedLandmark],
     target: &Target,
+    params: &RegistrationParams,
 ) -> (Vec<V3>, Vec<StageLog>) {
     let n = source.len();
     let mut local = vec![usize::MAX; n];
@@ -174,9 +191,13 @@ pub fn register_nonrigid(
 
     let mut x = x0.clone();
     let mut log = Vec::new();
-    let alpha0 = SCHEDULE[0].0;
-    for &(alpha, iters) in &SCHEDULE {
-        let beta = LANDMARK_WEIGHT * alpha / alpha0;
+    let alpha0 = params.schedule.first().map_or(1.0, |s| s.0);
+    for &(alpha, iters) in params.schedule {
+        let beta = if params.landmark_decay {
+            params.landmark_weight * alpha / alpha0
+        } else {
+            params.landmark_weight
+        };
         let mut stage = StageLog {
             alpha,
             valid_fraction: 0.0,
@@ -189,10 +210,10 @@ pub fn register_nonrigid(
             let corr: Vec<Option<V3>> = (0..m)
                 .into_par_iter()
                 .map(|i| {
-                    let hit = target.closest(x[i], lip_local[i], MAX_CORRESPONDENCE)?;
+                    let hit = target.closest(x[i], lip_local[i], params.max_distance)?;
                     if target.on_boundary(&hit)
                         || dot(normals[i], target.tri_normals[hit.triangle as usize])
-                            < MIN_NORMAL_DOT
+                            < params.min_normal_dot
                     {
                         return None;
                     }
