@@ -4,6 +4,8 @@
 //! `convert-flame` (official FLAME files into Visage's model format). Errors exit with status 1
 //! and one sentence on standard error.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -81,6 +83,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output; a closed pipe (e.g. `visage model-info | head`) is not an
+/// error.
+fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// Finds the shipped model: next to the working directory, or next to the binary's crate.
 fn default_model_path() -> PathBuf {
     let here = PathBuf::from(DEFAULT_MODEL);
@@ -130,82 +138,91 @@ fn model_info(path: Option<PathBuf>, as_json: bool) -> Result<(), String> {
         "changes": m.meta.changes,
         "extra": m.meta.extra,
     });
+    let mut o = String::new();
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).expect("JSON values serialise")
-        );
+        emit(&serde_json::to_string_pretty(&info).expect("JSON values serialise"));
+        emit("\n");
         return Ok(());
     }
-    println!("model       {} ({})", m.meta.name, path.display());
-    println!(
+    writeln!(o, "model       {} ({})", m.meta.name, path.display()).ok();
+    writeln!(
+        o,
         "format      visage-flame v{}, {}",
         m.meta.format_version, m.meta.units
-    );
-    println!("vertices    {}", m.num_vertices());
-    println!("triangles   {}", m.num_triangles());
-    println!("identity    {} components", m.num_identity());
+    )
+    .ok();
+    writeln!(o, "vertices    {}", m.num_vertices()).ok();
+    writeln!(o, "triangles   {}", m.num_triangles()).ok();
+    writeln!(o, "identity    {} components", m.num_identity()).ok();
     if let Some(d) = &m.detail {
-        println!("detail      {} components", d.count(m.num_vertices()));
+        writeln!(o, "detail      {} components", d.count(m.num_vertices())).ok();
     }
-    println!("expression  {} components", m.num_expression());
+    writeln!(o, "expression  {} components", m.num_expression()).ok();
     if !m.expression.names.is_empty() {
-        println!("            {}", m.expression.names.join(", "));
+        writeln!(o, "            {}", m.expression.names.join(", ")).ok();
     }
-    match &m.skeleton {
-        Some(s) => println!("joints      {} ({})", s.num_joints(), s.names.join(", ")),
-        None => println!("joints      0 (shape-only model)"),
-    }
-    println!(
+    let _ = match &m.skeleton {
+        Some(s) => writeln!(o, "joints      {} ({})", s.num_joints(), s.names.join(", ")),
+        None => writeln!(o, "joints      0 (shape-only model)"),
+    };
+    writeln!(
+        o,
         "pose corr.  {}",
         m.pose_correctives
             .as_ref()
             .map_or(0, |p| p.count(m.num_vertices()))
-    );
-    match &m.landmarks68 {
-        Some(l) => println!(
+    )
+    .ok();
+    let _ = match &m.landmarks68 {
+        Some(l) => writeln!(
+            o,
             "landmarks   68 (51 static + 17 contour × {} yaw bins)",
             l.num_bins()
         ),
-        None => println!("landmarks   no 68-point embedding"),
-    }
-    match &m.landmarks_mp {
-        Some(l) => println!("            {} MediaPipe points", l.len()),
-        None => println!("            no MediaPipe embedding"),
-    }
+        None => writeln!(o, "landmarks   no 68-point embedding"),
+    };
+    let _ = match &m.landmarks_mp {
+        Some(l) => writeln!(o, "            {} MediaPipe points", l.len()),
+        None => writeln!(o, "            no MediaPipe embedding"),
+    };
     if m.regions.is_empty() {
-        println!("regions     none");
+        writeln!(o, "regions     none").ok();
     } else {
         let list: Vec<String> = m
             .regions
             .iter()
             .map(|r| format!("{} ({})", r.name, r.vertices.len()))
             .collect();
-        println!("regions     {}: {}", m.regions.len(), list.join(", "));
+        writeln!(o, "regions     {}: {}", m.regions.len(), list.join(", ")).ok();
     }
-    println!(
+    writeln!(
+        o,
         "uv          {}",
         m.uv.as_ref().map_or("absent".to_string(), |u| format!(
             "present ({} coordinates)",
             u.coords.len()
         ))
-    );
-    println!(
+    )
+    .ok();
+    writeln!(
+        o,
         "symmetry    {}",
         if m.symmetry.is_some() {
             "present"
         } else {
             "absent"
         }
-    );
-    println!("licence     {}", m.meta.licence);
-    println!("source      {}", m.meta.source);
+    )
+    .ok();
+    writeln!(o, "licence     {}", m.meta.licence).ok();
+    writeln!(o, "source      {}", m.meta.source).ok();
     if !m.meta.changes.is_empty() {
-        println!("changes     {}", m.meta.changes);
+        writeln!(o, "changes     {}", m.meta.changes).ok();
     }
     for (k, v) in &m.meta.extra {
-        println!("{k:<11} {v}");
+        writeln!(o, "{k:<11} {v}").ok();
     }
+    emit(&o);
     Ok(())
 }
 
@@ -249,10 +266,16 @@ fn convert_flame(
                 .map_err(|e| e.to_string())?
         }
         "pkl" => {
-            return Err(format!(
-                "cannot convert `{}`: reading FLAME `.pkl` files is not in this build yet",
-                input.display()
-            ));
+            let options = visage_core::model::import::ImportOptions {
+                identity_components: num_identity,
+                name,
+                ..Default::default()
+            };
+            let report =
+                visage_core::model::import::convert_flame_file_with(input, output, &options)
+                    .map_err(|e| e.to_string())?;
+            println!("{report}");
+            return Ok(());
         }
         _ => {
             return Err(format!(
