@@ -53,6 +53,20 @@ fn print_report(report: &visage_core::build::BuildReport) {
         r.landmarks_registered.mm()
     );
     println!("  inner (17-67): {}", r.landmarks_registered_inner.mm());
+    for (group, range) in [
+        ("jaw contour 0-16", 0..17),
+        ("brows 17-26", 17..27),
+        ("nose 27-35", 27..36),
+        ("eyes 36-47", 36..48),
+        ("mouth 48-67", 48..68),
+    ] {
+        let mean = |v: &[f64]| v[range.clone()].iter().sum::<f64>() / range.len() as f64 * 1e3;
+        println!(
+            "  {group}: similarity {:.2} mm, registered {:.2} mm",
+            mean(&r.landmarks_similarity_each),
+            mean(&r.landmarks_registered_each)
+        );
+    }
     println!("face, all vertices: {}", r.face_all.mm());
     println!("face, matched: {}", r.face_matched.mm());
     println!("ICT face -> FLAME: {}", r.ict_to_flame_face.mm());

@@ -136,8 +136,8 @@ pub fn landmarks68(
 
 /// Pairs (MediaPipe FaceMesh index, iBUG 68 index) of points with the same anatomical
 /// definition, used for the similarity and held during the fit: eye corners, nasion,
-/// subnasale, mouth corners, lip midpoints. (The nose tip is left out: iBUG 30 lies between
-/// FaceMesh points 4 and 1.)
+/// subnasale, mouth corners, lip midpoints. (The nose tip is left out: FaceMesh's point 1 sits
+/// lower on the tip than iBUG 30.)
 pub const MEDIAPIPE_IBUG_PAIRS: [(usize, usize); 11] = [
     (33, 36),
     (133, 39),

@@ -170,6 +170,10 @@ pub struct RegistrationReport {
     pub landmarks_similarity: DistanceStats,
     /// Landmark residuals after the non-rigid registration (68 pairs).
     pub landmarks_registered: DistanceStats,
+    /// Each landmark's residual after the similarity (iBUG order, metres).
+    pub landmarks_similarity_each: Vec<f64>,
+    /// Each landmark's residual after the registration (iBUG order, metres).
+    pub landmarks_registered_each: Vec<f64>,
     /// Landmark residuals after registration, iBUG 17–67 (no jaw contour).
     pub landmarks_registered_inner: DistanceStats,
     /// Distance from every registered face-region vertex to the ICT surface.
@@ -405,6 +409,8 @@ pub fn prepare(data_dir: &Path) -> Result<Workbench, BuildError> {
         landmarks_similarity: DistanceStats::of(&lm_res),
         landmarks_registered: DistanceStats::of(&lm_reg),
         landmarks_registered_inner: DistanceStats::of(&lm_reg[17..]),
+        landmarks_similarity_each: lm_res.clone(),
+        landmarks_registered_each: lm_reg.clone(),
         face_all: DistanceStats::of(&all),
         face_matched: DistanceStats::of(&matched),
         ict_to_flame_face: DistanceStats::of(&reverse),
