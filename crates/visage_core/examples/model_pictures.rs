@@ -3,9 +3,11 @@
 //! registration residuals. A small orthographic z-buffer rasteriser of its own (Lambert
 //! shading, 3×3 supersampling).
 //!
-//! `cargo run -p visage_core --example model_pictures -- [MODEL] [OUT_DIR] [DATA_DIR]`
+//! `cargo run -p visage_core --example model_pictures -- [MODEL] [OUT_DIR] [DATA_DIR] [NAMES]`
 //! (defaults: `assets/models/visage_head.safetensors`, `docs/images`, `../shared/data`; the
-//! residual picture needs the data directory and is skipped without it).
+//! residual picture needs the data directory and is skipped without it). `NAMES`, a
+//! comma-separated list of expressions, adds `closeup.png`: mouth and left eye of each at
+//! weight one.
 
 use std::path::Path;
 
@@ -217,6 +219,7 @@ fn main() {
         .unwrap_or_else(|| "assets/models/visage_head.safetensors".into());
     let out = args.next().unwrap_or_else(|| "docs/images".into());
     let data = args.next().unwrap_or_else(|| "../shared/data".into());
+    let closeup = args.next();
     let m = match FlameModel::load(&model_path) {
         Ok(m) => m,
         Err(e) => {
@@ -395,6 +398,36 @@ fn main() {
         tiles.push(c.image());
     }
     save(&sheet(&tiles, 3), "landmarks.png");
+
+    // Optional close-ups.
+    if let Some(names) = &closeup {
+        let mouth = View {
+            yaw: -25.0,
+            pitch: 0.0,
+            centre: [0.0, -0.05, 0.05],
+            half_height: 0.03,
+        };
+        let eye = View {
+            yaw: 0.0,
+            pitch: 0.0,
+            centre: [0.032, 0.022, 0.03],
+            half_height: 0.022,
+        };
+        let mut tiles = Vec::new();
+        for view in [mouth, eye] {
+            for name in names.split(',') {
+                let mut p = FlameParams::zeros(&m);
+                if let Some(k) = m.expression_index(name) {
+                    p.expression[k] = 1.0;
+                }
+                let v = m.forward(&p).vertices;
+                let mut c = Canvas::new(300, 240, WHITE);
+                c.mesh(&v, &m.triangles, &white, &view);
+                tiles.push(c.image());
+            }
+        }
+        save(&sheet(&tiles, names.split(',').count()), "closeup.png");
+    }
 
     // 5. Registration residuals (needs the sources).
     if Path::new(&data)

@@ -607,6 +607,20 @@ fn mediapipe_points_land_on_their_anatomical_places() {
 }
 
 #[test]
+fn a_missing_data_directory_is_an_error_and_writes_nothing() {
+    let out = std::env::temp_dir().join(format!("visage-build-{}.safetensors", std::process::id()));
+    let err =
+        visage_core::build::build_open_model(std::path::Path::new("/no/such/visage/data"), &out)
+            .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("missing") && msg.contains("flame2023_open"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn the_asset_is_what_the_sources_build() {
     let data = repo_root().join("../shared/data");
     if !data.join("ict_facekit/ict_facekit_subset.npz").exists() {

@@ -251,6 +251,12 @@ pub fn read_ringnet(path: &Path, num_triangles: usize) -> Result<RingnetEmbeddin
     let df = z.i64("dynamic_lmk_faces_idx")?;
     expect_shape(path, "dynamic_lmk_faces_idx", &df.shape, &[None, Some(17)])?;
     let bins = df.shape[0];
+    if bins == 0 || bins % 2 == 0 {
+        return Err(bad(
+            path,
+            format!("{bins} contour rows; expected an odd number (one per integer yaw, 0 first)"),
+        ));
+    }
     let db = z.f64("dynamic_lmk_b_coords")?;
     expect_shape(
         path,
