@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod gpu;
 mod mesh;
 mod model;
 mod photo;
