@@ -1,7 +1,8 @@
 //! Renders the pictures of `docs/model.md` from the shipped open head model: an expression
 //! contact sheet, the regions in colour, the UV layout, the landmarks on the template and the
-//! registration residuals. A small orthographic z-buffer rasteriser of its own (Lambert
-//! shading, 3×3 supersampling).
+//! registration residuals. Meshes are drawn by the project's CPU photometric pass
+//! (`visage_core::render`, weak-perspective camera, SH lighting) at 3× resolution and box-filtered;
+//! landmark dots and the UV wireframe are drawn by this example.
 //!
 //! `cargo run -p visage_core --example model_pictures -- [MODEL] [OUT_DIR] [DATA_DIR] [NAMES]`
 //! (defaults: `assets/models/visage_head.safetensors`, `docs/images`, `../shared/data`; the
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 use visage_core::model::{FlameModel, FlameParams};
+use visage_core::render::{Camera, NO_TRIANGLE, PassConfig, PhotometricPass, Scene, sh, to_rgb8};
 
 type V3 = [f32; 3];
 
@@ -36,30 +38,21 @@ impl View {
         let z = -sy * q[0] + cy * q[2];
         [x, cp * q[1] - sp * z, sp * q[1] + cp * z]
     }
-
-    fn project(&self, p: V3, w: usize, h: usize) -> V3 {
-        let q = [
-            p[0] - self.centre[0],
-            p[1] - self.centre[1],
-            p[2] - self.centre[2],
-        ];
-        let (sy, cy) = self.yaw.to_radians().sin_cos();
-        let (sp, cp) = self.pitch.to_radians().sin_cos();
-        // Turn the head by yaw about +y, then pitch about +x.
-        let x = cy * q[0] + sy * q[2];
-        let z = -sy * q[0] + cy * q[2];
-        let y = cp * q[1] - sp * z;
-        let z = sp * q[1] + cp * z;
-        let s = h as f32 / (2.0 * self.half_height);
-        [w as f32 / 2.0 + x * s, h as f32 / 2.0 - y * s, z]
-    }
 }
 
 struct Canvas {
     w: usize,
     h: usize,
+    bg: [f32; 3],
+    /// Linear RGB at the supersampled resolution.
     color: Vec<[f32; 3]>,
+    /// Camera-frame depth of the front surface (larger is nearer), supersampled.
     depth: Vec<f32>,
+}
+
+/// sRGB → linear.
+fn linear(c: [f32; 3]) -> [f32; 3] {
+    c.map(|x| x.powf(2.2))
 }
 
 impl Canvas {
@@ -67,75 +60,94 @@ impl Canvas {
         Self {
             w: w * SS,
             h: h * SS,
-            color: vec![bg; w * h * SS * SS],
+            bg: linear(bg),
+            color: vec![linear(bg); w * h * SS * SS],
             depth: vec![f32::NEG_INFINITY; w * h * SS * SS],
         }
     }
 
-    /// Rasterises a shaded mesh with per-vertex colours.
+    /// Renders a mesh with per-vertex colours (sRGB) through the project's CPU photometric
+    /// pass: weak-perspective camera, Lambertian shading under second-order SH light (ambient
+    /// plus a key light from the upper left).
     fn mesh(&mut self, v: &[V3], tris: &[[u32; 3]], colors: &[[f32; 3]], view: &View) {
-        let p: Vec<V3> = v.iter().map(|&x| view.project(x, self.w, self.h)).collect();
-        let n = visage_core::model::vertex_normals(v, tris);
-        let light = normalize([-0.35, 0.45, 1.0]);
-        let shade: Vec<f32> = n
+        let cam_vertices: Vec<V3> = v
             .iter()
-            .map(|&nn| {
-                let nv = view.rotate(nn);
-                let fill = 0.25 * (0.5 + 0.5 * nv[1]);
-                0.2 + fill + 0.65 * dot(nv, light).max(0.0)
+            .map(|&p| {
+                view.rotate([
+                    p[0] - view.centre[0],
+                    p[1] - view.centre[1],
+                    p[2] - view.centre[2],
+                ])
             })
             .collect();
-        for t in tris {
-            let [a, b, c] = t.map(|i| p[i as usize]);
-            let area = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1]);
-            if area >= 0.0 {
-                continue; // back-facing (screen y grows downwards)
+        let albedo: Vec<[f32; 3]> = colors.iter().map(|&c| linear(c)).collect();
+        let mut sh = sh::ambient([0.18; 3]);
+        let key = normalize([-0.35, 0.45, 1.0]);
+        for c in 0..3 {
+            sh[1][c] = 0.85 * key[1] / sh::SH_C1;
+            sh[2][c] = 0.85 * key[2] / sh::SH_C1;
+            sh[3][c] = 0.85 * key[0] / sh::SH_C1;
+        }
+        let camera = Camera::WeakPerspective {
+            scale: self.h as f32 / (2.0 * view.half_height),
+            offset: [self.w as f32 / 2.0, self.h as f32 / 2.0],
+        };
+        let mut pass = match PhotometricPass::new(
+            self.w as u32,
+            self.h as u32,
+            tris,
+            v.len(),
+            PassConfig::default(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return;
             }
-            let (x0, x1) = (
-                a[0].min(b[0]).min(c[0]).max(0.0) as usize,
-                (a[0].max(b[0]).max(c[0]).ceil() as usize).min(self.w - 1),
-            );
-            let (y0, y1) = (
-                a[1].min(b[1]).min(c[1]).max(0.0) as usize,
-                (a[1].max(b[1]).max(c[1]).ceil() as usize).min(self.h - 1),
-            );
-            for y in y0..=y1 {
-                for x in x0..=x1 {
-                    let q = [x as f32 + 0.5, y as f32 + 0.5];
-                    let w0 = ((b[0] - q[0]) * (c[1] - q[1]) - (c[0] - q[0]) * (b[1] - q[1])) / area;
-                    let w1 = ((c[0] - q[0]) * (a[1] - q[1]) - (a[0] - q[0]) * (c[1] - q[1])) / area;
-                    let w2 = 1.0 - w0 - w1;
-                    if w0 < 0.0 || w1 < 0.0 || w2 < 0.0 {
-                        continue;
-                    }
-                    let z = w0 * a[2] + w1 * b[2] + w2 * c[2];
-                    let k = y * self.w + x;
-                    if z <= self.depth[k] {
-                        continue;
-                    }
-                    self.depth[k] = z;
-                    let [i0, i1, i2] = t.map(|i| i as usize);
-                    let s = w0 * shade[i0] + w1 * shade[i1] + w2 * shade[i2];
-                    let mut col = [0.0; 3];
-                    for ch in 0..3 {
-                        col[ch] =
-                            s * (w0 * colors[i0][ch] + w1 * colors[i1][ch] + w2 * colors[i2][ch]);
-                    }
-                    self.color[k] = col;
-                }
+        };
+        let scene = Scene {
+            vertices: &cam_vertices,
+            albedo: &albedo,
+            sh: &sh,
+            camera,
+        };
+        let bg = self.bg;
+        let image = match pass.render(&scene, bg) {
+            Ok(img) => img.to_vec(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return;
+            }
+        };
+        for (k, px) in pass.pixels().iter().enumerate() {
+            if px.triangle != NO_TRIANGLE && px.depth_key > self.depth[k] {
+                self.depth[k] = px.depth_key;
+                self.color[k] = image[k];
             }
         }
     }
 
     /// A dot at a world point if it is not hidden.
     fn dot(&mut self, p: V3, view: &View, radius: f32, col: [f32; 3]) {
-        let q = view.project(p, self.w, self.h);
-        let r = radius * SS as f32;
-        let (cx, cy) = (q[0], q[1]);
-        let k = (cy as usize).min(self.h - 1) * self.w + (cx as usize).min(self.w - 1);
+        let q = view.rotate([
+            p[0] - view.centre[0],
+            p[1] - view.centre[1],
+            p[2] - view.centre[2],
+        ]);
+        let s = self.h as f32 / (2.0 * view.half_height);
+        let (cx, cy) = (
+            self.w as f32 / 2.0 + s * q[0],
+            self.h as f32 / 2.0 - s * q[1],
+        );
+        if cx < 0.0 || cy < 0.0 || cx >= self.w as f32 || cy >= self.h as f32 {
+            return;
+        }
+        let k = cy as usize * self.w + cx as usize;
         if q[2] < self.depth[k] - 0.004 {
             return;
         }
+        let r = radius * SS as f32;
+        let col = linear(col);
         for y in ((cy - r).max(0.0) as usize)..((cy + r).min(self.h as f32 - 1.0) as usize) {
             for x in ((cx - r).max(0.0) as usize)..((cx + r).min(self.w as f32 - 1.0) as usize) {
                 let d = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)).sqrt();
@@ -150,20 +162,22 @@ impl Canvas {
         }
     }
 
+    /// Box-filters the supersampled linear image and converts it to 8-bit sRGB.
     fn image(&self) -> RgbImage {
         let (w, h) = (self.w / SS, self.h / SS);
-        RgbImage::from_fn(w as u32, h as u32, |x, y| {
-            let mut acc = [0.0; 3];
+        let mut small = vec![[0.0f32; 3]; w * h];
+        for (i, px) in small.iter_mut().enumerate() {
+            let (x, y) = (i % w, i / w);
             for dy in 0..SS {
                 for dx in 0..SS {
-                    let c = self.color[(y as usize * SS + dy) * self.w + x as usize * SS + dx];
+                    let c = self.color[(y * SS + dy) * self.w + x * SS + dx];
                     for ch in 0..3 {
-                        acc[ch] += c[ch];
+                        px[ch] += c[ch] / (SS * SS) as f32;
                     }
                 }
             }
-            Rgb(acc.map(|a| (a / (SS * SS) as f32 * 255.0).clamp(0.0, 255.0) as u8))
-        })
+        }
+        to_rgb8(w as u32, h as u32, &small).unwrap_or_else(|_| RgbImage::new(w as u32, h as u32))
     }
 }
 
