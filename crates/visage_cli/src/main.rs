@@ -1,7 +1,8 @@
 //! `visage`: the Visage command line.
 //!
-//! Subcommands: `model-info` (what a head model holds and where it comes from) and
-//! `convert-flame` (official FLAME files into Visage's model format). Errors exit with status 1
+//! Subcommands: `model-info` (what a head model holds and where it comes from),
+//! `build-model` (the open head model from its sources) and `convert-flame` (official FLAME
+//! files into Visage's model format). Errors exit with status 1
 //! and one sentence on standard error.
 
 use std::fmt::Write as _;
@@ -38,6 +39,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build Visage's open head model from its third-party sources (FLAME 2023 Open subset,
+    /// ICT-FaceKit, RingNet landmarks, MediaPipe canonical face), deterministically.
+    BuildModel {
+        /// Folder with the source data (`flame2023_open/`, `ict_facekit/`,
+        /// `flame_landmarks_ringnet/`, `mediapipe/`).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Output model file; written atomically.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        out: PathBuf,
+    },
     /// Convert an official FLAME model (`.pkl` of FLAME 2020 / 2023 / 2023 Open, or a FLAME
     /// `.npz`) into Visage's safetensors model format.
     ConvertFlame {
@@ -65,6 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ModelInfo { model, json } => model_info(model, json),
+        Command::BuildModel { data, out } => build_model(&data, &out),
         Command::ConvertFlame {
             input,
             output,
@@ -223,6 +236,17 @@ fn model_info(path: Option<PathBuf>, as_json: bool) -> Result<(), String> {
         writeln!(o, "{k:<11} {v}").ok();
     }
     emit(&o);
+    Ok(())
+}
+
+fn build_model(data: &Path, out: &Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let report = visage_core::build::build_open_model(data, out).map_err(|e| e.to_string())?;
+    emit(&format!(
+        "{report}wrote {} in {:.1} s\n",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 

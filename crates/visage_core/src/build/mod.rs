@@ -656,63 +656,114 @@ pub fn build_open_model(data_dir: &Path, out_path: &Path) -> Result<BuildReport,
         })?;
     }
     model.save(out_path)?;
-    canonicalise_header(out_path)?;
     report.output = out_path.display().to_string();
     Ok(report)
 }
 
-/// Rewrites a safetensors file's JSON header with its keys sorted (same length, padded with
-/// spaces), so two builds of the same model are byte-identical whatever order the writer's
-/// hash maps produced. Written to a temporary file and renamed over the original.
-pub fn canonicalise_header(path: &Path) -> Result<(), BuildError> {
-    let io = |e: std::io::Error| BuildError::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let bad = |d: &str| BuildError::BadInput {
-        path: path.display().to_string(),
-        detail: d.to_string(),
-    };
-    let bytes = std::fs::read(path).map_err(io)?;
-    let n = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-        .ok_or_else(|| bad("the written model is truncated"))?;
-    let header = bytes
-        .get(8..8 + n)
-        .ok_or_else(|| bad("the written model's header is truncated"))?;
-    let value: serde_json::Value = serde_json::from_slice(header)
-        .map_err(|_| bad("the written model's header is not JSON"))?;
-    fn sorted(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                serde_json::Value::Object(
-                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
-                )
-            }
-            serde_json::Value::Array(a) => {
-                serde_json::Value::Array(a.into_iter().map(sorted).collect())
-            }
-            other => other,
+impl std::fmt::Display for BuildReport {
+    /// A multi-line human-readable report: registration stages and residuals, landmark and
+    /// symmetry checks, joints, UV statistics and expression-transfer magnitudes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.registration;
+        writeln!(
+            f,
+            "similarity scale {:.4}, rotation {:.2}°",
+            r.similarity_scale, r.similarity_rotation_deg
+        )?;
+        for s in &r.stages {
+            writeln!(
+                f,
+                "  alpha {:>6.1}: valid {:.3}, mean corr {:.3} mm, landmarks {:.2} mm, cg ≤ {}",
+                s.alpha,
+                s.valid_fraction,
+                s.mean_distance * 1e3,
+                s.landmark_mean * 1e3,
+                s.cg_iterations
+            )?;
         }
+        writeln!(
+            f,
+            "landmarks after similarity: {}",
+            r.landmarks_similarity.mm()
+        )?;
+        writeln!(
+            f,
+            "landmarks after registration: {}",
+            r.landmarks_registered.mm()
+        )?;
+        writeln!(f, "  inner (17-67): {}", r.landmarks_registered_inner.mm())?;
+        for (group, range) in [
+            ("jaw contour 0-16", 0..17),
+            ("brows 17-26", 17..27),
+            ("nose 27-35", 27..36),
+            ("eyes 36-47", 36..48),
+            ("mouth 48-67", 48..68),
+        ] {
+            let mean = |v: &[f64]| v[range.clone()].iter().sum::<f64>() / range.len() as f64 * 1e3;
+            writeln!(
+                f,
+                "  {group}: similarity {:.2} mm, registered {:.2} mm",
+                mean(&r.landmarks_similarity_each),
+                mean(&r.landmarks_registered_each)
+            )?;
+        }
+        writeln!(f, "face, all vertices: {}", r.face_all.mm())?;
+        writeln!(f, "face, matched: {}", r.face_matched.mm())?;
+        writeln!(f, "ICT face -> FLAME: {}", r.ict_to_flame_face.mm())?;
+        if let Some(c) = &self.contour {
+            writeln!(
+                f,
+                "68-pt contour rows: swapped {}, silhouette gap {:.2} mm (other order {:.2} mm)",
+                c.swapped,
+                c.gap_chosen * 1e3,
+                c.gap_other * 1e3
+            )?;
+        }
+        let m = &self.mediapipe;
+        writeln!(
+            f,
+            "mediapipe: scale {:.5}, pairs mean {:.2} max {:.2} mm (embedded {:.2} / {:.2}), projection mean {:.2} max {:.2} mm",
+            m.scale,
+            m.pair_mean * 1e3,
+            m.pair_max * 1e3,
+            m.pair_embedded_mean * 1e3,
+            m.pair_embedded_max * 1e3,
+            m.projection_mean * 1e3,
+            m.projection_max * 1e3
+        )?;
+        let s = &self.symmetry;
+        writeln!(
+            f,
+            "symmetry: involutive {}/{}, mirror distance mean {:.2} max {:.2} mm",
+            s.involutive,
+            s.vertices,
+            s.mean_distance * 1e3,
+            s.max_distance * 1e3
+        )?;
+        for (name, j) in skeleton::JOINT_NAMES.iter().zip(&self.skeleton.joints) {
+            writeln!(f, "joint {name}: ({:.4}, {:.4}, {:.4})", j[0], j[1], j[2])?;
+        }
+        let u = &self.uv;
+        writeln!(
+            f,
+            "uv: {} coords, flipped {}, min area ratio {:.2e}, face share {:.3} of charts, {:.3} of square",
+            u.coords, u.flipped, u.min_area_ratio, u.face_share_of_charts, u.face_share_of_square
+        )?;
+        let t = &self.transfer;
+        for (name, d) in &t.max_delta {
+            write!(f, "{name} {:.1}mm  ", d * 1e3)?;
+        }
+        writeln!(f)?;
+        for (name, l, r) in &t.eye_motion {
+            writeln!(
+                f,
+                "eyes {name}: left {:.2}° right {:.2}° (ICT rigid-fit rms {:.4} / {:.4} mm)",
+                l.angle_deg,
+                r.angle_deg,
+                l.fit_rms * 1e3,
+                r.fit_rms * 1e3
+            )?;
+        }
+        Ok(())
     }
-    let mut text = serde_json::to_string(&sorted(value))
-        .map_err(|_| bad("the written model's header cannot be re-encoded"))?
-        .into_bytes();
-    if text.len() > n {
-        return Err(bad("the sorted header is longer than the original"));
-    }
-    text.resize(n, b' ');
-    let mut out = Vec::with_capacity(bytes.len());
-    out.extend_from_slice(&bytes[..8]);
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&bytes[8 + n..]);
-    let tmp = path.with_extension("safetensors.tmp-canonical");
-    std::fs::write(&tmp, &out).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
 }
