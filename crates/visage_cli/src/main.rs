@@ -64,7 +64,8 @@ enum Command {
         /// Model name to record in the output's metadata.
         #[arg(long)]
         name: Option<String>,
-        /// Licence to record in the output's metadata (default: "the licence of the input").
+        /// Licence to record in the output's metadata (default: the FLAME licence of the file's
+        /// owner).
         #[arg(long)]
         licence: Option<String>,
         /// Source to record in the output's metadata (default: the input's file name).
@@ -262,45 +263,14 @@ fn convert_flame(
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let model = match ext.as_str() {
-        "npz" => {
-            let meta = visage_core::model::ModelMeta {
-                name: name.unwrap_or_else(|| {
-                    input
-                        .file_stem()
-                        .map_or("FLAME".into(), |s| s.to_string_lossy().into_owned())
-                }),
-                format_version: visage_core::model::storage::FORMAT_VERSION,
-                units: "metres".into(),
-                licence: licence.unwrap_or_else(|| "the licence of the input FLAME file".into()),
-                source: source.unwrap_or_else(|| {
-                    format!(
-                        "{} (FLAME: Li, Bolkart, Black, Li, Romero, SIGGRAPH Asia 2017)",
-                        input
-                            .file_name()
-                            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-                    )
-                }),
-                changes:
-                    "converted to Visage's safetensors layout (float32, component-major bases)"
-                        .into(),
-                extra: Default::default(),
-            };
-            visage_core::model::npz_import::import_flame_npz(input, num_identity, meta)
-                .map_err(|e| e.to_string())?
-        }
-        "pkl" => {
-            let options = visage_core::model::import::ImportOptions {
-                identity_components: num_identity,
-                name,
-                ..Default::default()
-            };
-            let report =
-                visage_core::model::import::convert_flame_file_with(input, output, &options)
-                    .map_err(|e| e.to_string())?;
-            println!("{report}");
-            return Ok(());
-        }
+    let options = visage_core::model::import::ImportOptions {
+        identity_components: num_identity,
+        name,
+        ..Default::default()
+    };
+    let imported = match ext.as_str() {
+        "pkl" => visage_core::model::import::import_flame_pickle(input, &options),
+        "npz" => visage_core::model::npz_import::import_flame_npz(input, &options),
         _ => {
             return Err(format!(
                 "cannot convert `{}`: expected a FLAME `.pkl` or `.npz` file",
@@ -308,15 +278,16 @@ fn convert_flame(
             ));
         }
     };
+    let (mut model, mut report) = imported.map_err(|e| e.to_string())?;
+    if let Some(licence) = licence {
+        model.meta.licence = licence;
+    }
+    if let Some(source) = source {
+        model.meta.source = source;
+    }
     model.save(output).map_err(|e| e.to_string())?;
-    println!(
-        "wrote {}: {} vertices, {} triangles, {} identity and {} expression components, {} joints",
-        output.display(),
-        model.num_vertices(),
-        model.num_triangles(),
-        model.num_identity(),
-        model.num_expression(),
-        model.num_joints()
-    );
+    report.output = Some(output.to_path_buf());
+    report.output_bytes = std::fs::metadata(output).ok().map(|m| m.len());
+    emit(&format!("{report}\n"));
     Ok(())
 }

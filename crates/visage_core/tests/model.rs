@@ -488,8 +488,10 @@ fn flame2023_open_subset_converts_to_the_shipped_model() {
         );
         return;
     }
-    let m =
-        visage_core::model::npz_import::import_flame_npz(&npz, None, ModelMeta::default()).unwrap();
+    let (m, report) =
+        visage_core::model::npz_import::import_flame_npz(&npz, &Default::default()).unwrap();
+    assert!(report.to_string().contains("FLAME 2023 Open"), "{report}");
+    assert_eq!((m.num_identity(), m.num_expression()), (60, 0));
     let shipped =
         FlameModel::load(repo_root().join("assets/models/visage_head.safetensors")).unwrap();
     assert_eq!(m.template, shipped.template);
