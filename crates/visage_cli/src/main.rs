@@ -1,9 +1,12 @@
 //! `visage`: the Visage command line.
 //!
-//! Subcommands: `model-info` (what a head model holds and where it comes from) and
-//! `convert-flame` (official FLAME files into Visage's model format). Errors exit with status 1
+//! Subcommands: `model-info` (what a head model holds and where it comes from),
+//! `build-model` (the open head model from its sources) and `convert-flame` (official FLAME
+//! files into Visage's model format). Errors exit with status 1
 //! and one sentence on standard error.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,6 +39,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build Visage's open head model from its third-party sources (FLAME 2023 Open subset,
+    /// ICT-FaceKit, RingNet landmarks, MediaPipe canonical face), deterministically.
+    BuildModel {
+        /// Folder with the source data (`flame2023_open/`, `ict_facekit/`,
+        /// `flame_landmarks_ringnet/`, `mediapipe/`).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Output model file; written atomically.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        out: PathBuf,
+    },
     /// Convert an official FLAME model (`.pkl` of FLAME 2020 / 2023 / 2023 Open, or a FLAME
     /// `.npz`) into Visage's safetensors model format.
     ConvertFlame {
@@ -50,7 +64,8 @@ enum Command {
         /// Model name to record in the output's metadata.
         #[arg(long)]
         name: Option<String>,
-        /// Licence to record in the output's metadata (default: "the licence of the input").
+        /// Licence to record in the output's metadata (default: the FLAME licence of the file's
+        /// owner).
         #[arg(long)]
         licence: Option<String>,
         /// Source to record in the output's metadata (default: the input's file name).
@@ -63,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ModelInfo { model, json } => model_info(model, json),
+        Command::BuildModel { data, out } => build_model(&data, &out),
         Command::ConvertFlame {
             input,
             output,
@@ -79,6 +95,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `text` to standard output; a closed pipe (e.g. `visage model-info | head`) is not an
+/// error.
+fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Finds the shipped model: next to the working directory, or next to the binary's crate.
@@ -130,82 +152,102 @@ fn model_info(path: Option<PathBuf>, as_json: bool) -> Result<(), String> {
         "changes": m.meta.changes,
         "extra": m.meta.extra,
     });
+    let mut o = String::new();
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).expect("JSON values serialise")
-        );
+        emit(&serde_json::to_string_pretty(&info).expect("JSON values serialise"));
+        emit("\n");
         return Ok(());
     }
-    println!("model       {} ({})", m.meta.name, path.display());
-    println!(
+    writeln!(o, "model       {} ({})", m.meta.name, path.display()).ok();
+    writeln!(
+        o,
         "format      visage-flame v{}, {}",
         m.meta.format_version, m.meta.units
-    );
-    println!("vertices    {}", m.num_vertices());
-    println!("triangles   {}", m.num_triangles());
-    println!("identity    {} components", m.num_identity());
+    )
+    .ok();
+    writeln!(o, "vertices    {}", m.num_vertices()).ok();
+    writeln!(o, "triangles   {}", m.num_triangles()).ok();
+    writeln!(o, "identity    {} components", m.num_identity()).ok();
     if let Some(d) = &m.detail {
-        println!("detail      {} components", d.count(m.num_vertices()));
+        writeln!(o, "detail      {} components", d.count(m.num_vertices())).ok();
     }
-    println!("expression  {} components", m.num_expression());
+    writeln!(o, "expression  {} components", m.num_expression()).ok();
     if !m.expression.names.is_empty() {
-        println!("            {}", m.expression.names.join(", "));
+        writeln!(o, "            {}", m.expression.names.join(", ")).ok();
     }
-    match &m.skeleton {
-        Some(s) => println!("joints      {} ({})", s.num_joints(), s.names.join(", ")),
-        None => println!("joints      0 (shape-only model)"),
-    }
-    println!(
+    let _ = match &m.skeleton {
+        Some(s) => writeln!(o, "joints      {} ({})", s.num_joints(), s.names.join(", ")),
+        None => writeln!(o, "joints      0 (shape-only model)"),
+    };
+    writeln!(
+        o,
         "pose corr.  {}",
         m.pose_correctives
             .as_ref()
             .map_or(0, |p| p.count(m.num_vertices()))
-    );
-    match &m.landmarks68 {
-        Some(l) => println!(
+    )
+    .ok();
+    let _ = match &m.landmarks68 {
+        Some(l) => writeln!(
+            o,
             "landmarks   68 (51 static + 17 contour × {} yaw bins)",
             l.num_bins()
         ),
-        None => println!("landmarks   no 68-point embedding"),
-    }
-    match &m.landmarks_mp {
-        Some(l) => println!("            {} MediaPipe points", l.len()),
-        None => println!("            no MediaPipe embedding"),
-    }
+        None => writeln!(o, "landmarks   no 68-point embedding"),
+    };
+    let _ = match &m.landmarks_mp {
+        Some(l) => writeln!(o, "            {} MediaPipe points", l.len()),
+        None => writeln!(o, "            no MediaPipe embedding"),
+    };
     if m.regions.is_empty() {
-        println!("regions     none");
+        writeln!(o, "regions     none").ok();
     } else {
         let list: Vec<String> = m
             .regions
             .iter()
             .map(|r| format!("{} ({})", r.name, r.vertices.len()))
             .collect();
-        println!("regions     {}: {}", m.regions.len(), list.join(", "));
+        writeln!(o, "regions     {}: {}", m.regions.len(), list.join(", ")).ok();
     }
-    println!(
+    writeln!(
+        o,
         "uv          {}",
         m.uv.as_ref().map_or("absent".to_string(), |u| format!(
             "present ({} coordinates)",
             u.coords.len()
         ))
-    );
-    println!(
+    )
+    .ok();
+    writeln!(
+        o,
         "symmetry    {}",
         if m.symmetry.is_some() {
             "present"
         } else {
             "absent"
         }
-    );
-    println!("licence     {}", m.meta.licence);
-    println!("source      {}", m.meta.source);
+    )
+    .ok();
+    writeln!(o, "licence     {}", m.meta.licence).ok();
+    writeln!(o, "source      {}", m.meta.source).ok();
     if !m.meta.changes.is_empty() {
-        println!("changes     {}", m.meta.changes);
+        writeln!(o, "changes     {}", m.meta.changes).ok();
     }
     for (k, v) in &m.meta.extra {
-        println!("{k:<11} {v}");
+        writeln!(o, "{k:<11} {v}").ok();
     }
+    emit(&o);
+    Ok(())
+}
+
+fn build_model(data: &Path, out: &Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let report = visage_core::build::build_open_model(data, out).map_err(|e| e.to_string())?;
+    emit(&format!(
+        "{report}wrote {} in {:.1} s\n",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -221,39 +263,14 @@ fn convert_flame(
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let model = match ext.as_str() {
-        "npz" => {
-            let meta = visage_core::model::ModelMeta {
-                name: name.unwrap_or_else(|| {
-                    input
-                        .file_stem()
-                        .map_or("FLAME".into(), |s| s.to_string_lossy().into_owned())
-                }),
-                format_version: visage_core::model::storage::FORMAT_VERSION,
-                units: "metres".into(),
-                licence: licence.unwrap_or_else(|| "the licence of the input FLAME file".into()),
-                source: source.unwrap_or_else(|| {
-                    format!(
-                        "{} (FLAME: Li, Bolkart, Black, Li, Romero, SIGGRAPH Asia 2017)",
-                        input
-                            .file_name()
-                            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-                    )
-                }),
-                changes:
-                    "converted to Visage's safetensors layout (float32, component-major bases)"
-                        .into(),
-                extra: Default::default(),
-            };
-            visage_core::model::npz_import::import_flame_npz(input, num_identity, meta)
-                .map_err(|e| e.to_string())?
-        }
-        "pkl" => {
-            return Err(format!(
-                "cannot convert `{}`: reading FLAME `.pkl` files is not in this build yet",
-                input.display()
-            ));
-        }
+    let options = visage_core::model::import::ImportOptions {
+        identity_components: num_identity,
+        name,
+        ..Default::default()
+    };
+    let imported = match ext.as_str() {
+        "pkl" => visage_core::model::import::import_flame_pickle(input, &options),
+        "npz" => visage_core::model::npz_import::import_flame_npz(input, &options),
         _ => {
             return Err(format!(
                 "cannot convert `{}`: expected a FLAME `.pkl` or `.npz` file",
@@ -261,15 +278,16 @@ fn convert_flame(
             ));
         }
     };
+    let (mut model, mut report) = imported.map_err(|e| e.to_string())?;
+    if let Some(licence) = licence {
+        model.meta.licence = licence;
+    }
+    if let Some(source) = source {
+        model.meta.source = source;
+    }
     model.save(output).map_err(|e| e.to_string())?;
-    println!(
-        "wrote {}: {} vertices, {} triangles, {} identity and {} expression components, {} joints",
-        output.display(),
-        model.num_vertices(),
-        model.num_triangles(),
-        model.num_identity(),
-        model.num_expression(),
-        model.num_joints()
-    );
+    report.output = Some(output.to_path_buf());
+    report.output_bytes = std::fs::metadata(output).ok().map(|m| m.len());
+    emit(&format!("{report}\n"));
     Ok(())
 }

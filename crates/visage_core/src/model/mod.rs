@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 pub mod forward;
 pub mod geometry;
+pub mod import;
 pub mod landmarks;
 pub mod npz_import;
 pub mod storage;

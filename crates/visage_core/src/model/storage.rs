@@ -356,10 +356,11 @@ impl FlameModel {
                 )
             })
             .collect::<Vec<_>>();
-        safetensors::serialize(views, Some(md)).map_err(|e| ModelError::Invalid {
+        let bytes = safetensors::serialize(views, Some(md)).map_err(|e| ModelError::Invalid {
             path: "<memory>".into(),
             detail: format!("could not serialise: {e}"),
-        })
+        })?;
+        Ok(canonical_header(bytes))
     }
 
     /// Writes the model atomically: a temporary file next to `path`, flushed, then renamed.
@@ -398,6 +399,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Rewrites the JSON header with its keys sorted (padded with spaces to the same length), so
+/// that saving the same model twice gives identical bytes whatever order the metadata map
+/// iterated in.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length prefix")) as usize;
+    // serde_json's map type is ordered, so a parse and re-encode sorts every object's keys.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]) else {
+        return bytes;
+    };
+    let Ok(mut text) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if text.len() > n {
+        return bytes;
+    }
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    bytes
 }
 
 fn to3(v: &[f32]) -> Vec<[f32; 3]> {

@@ -1,0 +1,99 @@
+//! The `visage` binary end to end: output, exit status and error sentences.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn visage(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_visage"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("the visage binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn model_info_describes_the_shipped_model() {
+    let (ok, out, err) = visage(&["model-info"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("vertices    5023"), "{out}");
+    assert!(out.contains("triangles   9976"), "{out}");
+    assert!(out.contains("CC-BY-4.0"), "{out}");
+    let (ok, out, _) = visage(&["model-info", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(v["vertices"], 5023);
+    assert_eq!(v["triangles"], 9976);
+    assert!(v["identity_components"].as_u64().unwrap() >= 60);
+}
+
+#[test]
+fn convert_flame_reads_a_flame_2020_pickle() {
+    let dir = std::env::temp_dir().join(format!("visage-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("flame.safetensors");
+    let fixture = repo().join("crates/visage_core/tests/fixtures/flame/flame2020_py2.pkl");
+    let (ok, out, err) = visage(&[
+        "convert-flame",
+        fixture.to_str().unwrap(),
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("FLAME 2020"), "{out}");
+    let (ok, info, _) = visage(&[
+        "model-info",
+        "--model",
+        out_path.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["identity_components"], 300);
+    assert_eq!(v["expression_components"], 100);
+    assert_eq!(v["pose_correctives"], 36);
+    assert_eq!(v["joints"].as_array().unwrap().len(), 5);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_exit_non_zero_with_one_sentence() {
+    let (ok, _, err) = visage(&["model-info", "--model", "no/such/model.safetensors"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("visage: could not read the head model `no/such/model.safetensors`"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let evil = repo().join("crates/visage_core/tests/fixtures/flame/malicious_os_system.pkl");
+    let target = std::env::temp_dir().join(format!(
+        "visage-cli-evil-{}.safetensors",
+        std::process::id()
+    ));
+    let (ok, _, err) = visage(&[
+        "convert-flame",
+        evil.to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("refused to load `os.system`"), "{err}");
+    assert!(
+        !target.exists(),
+        "no output may be written for a refused file"
+    );
+
+    let (ok, _, err) = visage(&["convert-flame", "README.md", target.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("expected a FLAME `.pkl` or `.npz` file"),
+        "{err}"
+    );
+}
