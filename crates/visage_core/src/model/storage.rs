@@ -5,21 +5,21 @@
 //!
 //! | tensor | dtype | shape | content |
 //! |---|---|---|---|
-//! | `template` | F32 | [V, 3] | mean head, metres |
-//! | `triangles` | U32 | [F, 3] | vertex indices, counter-clockwise from outside |
-//! | `identity` | F32 | [K, V, 3] | identity basis, unit-σ (absent when K = 0) |
-//! | `expression` | F32 | [K, V, 3] | expression basis (absent when K = 0) |
-//! | `detail` | F32 | [K, V, 3] | optional detail identity basis |
-//! | `pose_correctives` | F32 | [36, V, 3] | optional FLAME pose correctives |
-//! | `joint_regressor` | F32 | [J, V] | optional skeleton: joints from vertices |
-//! | `joint_parents` | I32 | [J] | kinematic tree, −1 for the root |
-//! | `skinning_weights` | F32 | [V, J] | linear-blend-skinning weights |
-//! | `lmk68_static_faces` / `_bary` | U32 / F32 | [51] / [51, 3] | iBUG points 17–67 |
-//! | `lmk68_dynamic_faces` / `_bary` | U32 / F32 | [B, 17] / [B, 17, 3] | jaw contour per yaw bin |
-//! | `lmk_mp_faces` / `lmk_mp_bary` | U32 / F32 | [N] / [N, 3] | MediaPipe 468-point embedding |
-//! | `uv_coords` / `uv_faces` | F32 / U32 | [T, 2] / [F, 3] | UV layout with per-corner indices |
-//! | `region.<name>` | U32 | [n] | vertices of a named region |
-//! | `symmetry` | U32 | [V] | mirror vertex of each vertex |
+//! | `template` | F32 | `[V, 3]` | mean head, metres |
+//! | `triangles` | U32 | `[F, 3]` | vertex indices, counter-clockwise from outside |
+//! | `identity` | F32 | `[K, V, 3]` | identity basis, unit-σ (absent when K = 0) |
+//! | `expression` | F32 | `[K, V, 3]` | expression basis (absent when K = 0) |
+//! | `detail` | F32 | `[K, V, 3]` | optional detail identity basis |
+//! | `pose_correctives` | F32 | `[36, V, 3]` | optional FLAME pose correctives |
+//! | `joint_regressor` | F32 | `[J, V]` | optional skeleton: joints from vertices |
+//! | `joint_parents` | I32 | `[J]` | kinematic tree, −1 for the root |
+//! | `skinning_weights` | F32 | `[V, J]` | linear-blend-skinning weights |
+//! | `lmk68_static_faces` / `_bary` | U32 / F32 | `[51]` / `[51, 3]` | iBUG points 17–67 |
+//! | `lmk68_dynamic_faces` / `_bary` | U32 / F32 | `[B, 17]` / `[B, 17, 3]` | jaw contour per yaw bin |
+//! | `lmk_mp_faces` / `lmk_mp_bary` | U32 / F32 | `[N]` / `[N, 3]` | MediaPipe 468-point embedding |
+//! | `uv_coords` / `uv_faces` | F32 / U32 | `[T, 2]` / `[F, 3]` | UV layout with per-corner indices |
+//! | `region.<name>` | U32 | `[n]` | vertices of a named region |
+//! | `symmetry` | U32 | `[V]` | mirror vertex of each vertex |
 //!
 //! Metadata (all values strings): `format` = `visage-flame`, `format_version` = `1`, `name`,
 //! `units` (= `metres`), `licence`, `source`, `changes`, `extra` (JSON object of strings),
