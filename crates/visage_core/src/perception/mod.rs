@@ -1,3 +1,119 @@
 //! Perception networks (face detection, landmarks, hands, segmentation, identity) in candle.
+//!
+//! The face, iris, hand and segmentation networks are MediaPipe 0.10.21's TFLite models
+//! (Apache-2.0), converted to safetensors by `tools/convert_tflite.py` and re-implemented
+//! layer by layer here, one file per network:
+//!
+//! | file | network | input | output |
+//! |---|---|---|---|
+//! | [`blazeface`] | BlazeFace short / full range | 128² / 192² letterboxed photo | boxes, 6 keypoints |
+//! | [`face_mesh`] | FaceMesh | 192² face crop | 468 landmarks + face score |
+//! | [`iris`] | Iris | 64² eye crop | 71 eye-contour + 5 iris points |
+//! | [`palm`] | palm detection (lite) | 192² letterboxed photo | palm boxes, 7 keypoints |
+//! | [`hand_landmark`] | hand landmarks (lite) | 224² hand crop | 21 landmarks, presence, handedness |
+//! | [`selfie`] | selfie segmentation (general) | 256² photo | person mask |
+//!
+//! [`Perception`] chains them the way MediaPipe's graphs do (detection → rotated ROI →
+//! landmarks → eye ROIs → iris; palms → hand ROIs → hand landmarks; person mask) and returns
+//! everything in photo pixel coordinates, with per-network timings.
+//!
+//! Inputs are 8-bit sRGB images ([`image::RgbImage`]); the networks were trained on sRGB
+//! values scaled to `[0, 1]` or `[-1, 1]`, not on linear light.
+//! Layout is NCHW throughout; see [`ops`] for the TFLite semantics that matter (asymmetric
+//! `SAME` padding, PReLU, half-pixel resize) and the fast depthwise convolution.
 
+pub mod blazeface;
+pub mod detection;
+pub mod face_mesh;
+pub mod hand_landmark;
 pub mod identity;
+pub mod iris;
+pub mod ops;
+pub mod palm;
+pub mod pipeline;
+pub mod roi;
+pub mod selfie;
+
+pub use pipeline::{
+    FaceDetectorMode, FaceResult, HandResult, Perception, PerceptionOptions, PerceptionResult,
+    Timings,
+};
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+/// Errors of the perception networks.
+#[derive(Debug, thiserror::Error)]
+pub enum PerceptionError {
+    /// A weight file is missing or unreadable.
+    #[error("could not read network weights {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A weight file does not hold the tensors the network needs.
+    #[error("network weights {path} do not match the network: {source}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What did not match.
+        source: candle_core::Error,
+    },
+    /// The photo cannot be processed.
+    #[error("the photo cannot be used: {0}")]
+    InvalidImage(String),
+    /// A tensor operation failed while running a network.
+    #[error("a perception network failed while running: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, PerceptionError>;
+
+/// The directory holding the converted networks in a checkout of this repository
+/// (`assets/nets`).
+pub fn default_nets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/nets")
+}
+
+/// Opens a converted network file as a [`VarBuilder`] producing `f32` tensors on the CPU.
+pub fn load_weights(path: &Path) -> Result<VarBuilder<'static>> {
+    let data = std::fs::read(path).map_err(|source| PerceptionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    VarBuilder::from_buffered_safetensors(data, DType::F32, &Device::Cpu).map_err(|source| {
+        PerceptionError::Weights {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Builds a network from a weight file, turning shape/name mismatches into
+/// [`PerceptionError::Weights`].
+pub(crate) fn build<T>(
+    path: &Path,
+    f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let vb = load_weights(path)?;
+    f(vb).map_err(|source| PerceptionError::Weights {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Rejects images a network cannot use.
+pub(crate) fn check_image(img: &image::RgbImage) -> Result<()> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(PerceptionError::InvalidImage(format!(
+            "it is empty ({w}×{h} pixels)"
+        )));
+    }
+    Ok(())
+}
