@@ -649,3 +649,24 @@ fn the_asset_is_what_the_sources_build() {
     assert_eq!(built.symmetry, shipped.symmetry);
     assert_eq!(built.meta, shipped.meta);
 }
+
+#[test]
+fn most_texels_belong_to_the_face() {
+    let m = model();
+    let uv = m.uv.as_ref().unwrap();
+    let face: std::collections::HashSet<u32> =
+        m.region("face").unwrap().vertices.iter().copied().collect();
+    let area = |f: &[u32; 3]| {
+        let [a, b, c] = f.map(|i| uv.coords[i as usize]);
+        0.5 * ((b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1])).abs() as f64
+    };
+    let face_area: f64 = m
+        .triangles
+        .iter()
+        .zip(&uv.faces)
+        .filter(|(t, _)| t.iter().all(|v| face.contains(v)))
+        .map(|(_, f)| area(f))
+        .sum();
+    // The texture is the unit square: the face's share of it is its UV area.
+    assert!(face_area > 0.5, "the face covers {face_area:.3} of the texture");
+}

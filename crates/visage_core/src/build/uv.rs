@@ -23,7 +23,7 @@ pub const HEAD_RADIUS: f64 = 0.48;
 /// Radius of each eyeball chart in UV units.
 pub const EYE_RADIUS: f64 = 0.085;
 /// Face triangles count this many times their size when distributing texels.
-pub const FACE_IMPORTANCE: f64 = 3.0;
+pub const FACE_IMPORTANCE: f64 = 8.0;
 /// Stretch-equalising reweighting iterations.
 pub const STRETCH_ITERATIONS: usize = 12;
 
