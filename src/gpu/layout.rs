@@ -225,20 +225,7 @@ pub(crate) fn camera_slot_mask(
     principal_point: bool,
     translation: bool,
 ) -> u32 {
-    let slots = match camera {
-        Camera::Perspective { .. } => [
-            focal,
-            focal,
-            principal_point,
-            principal_point,
-            translation,
-            translation,
-            translation,
-        ],
-        Camera::WeakPerspective { .. } => {
-            [focal, translation, translation, false, false, false, false]
-        }
-    };
+    let slots = camera.slot_mask(focal, principal_point, translation);
     slots
         .iter()
         .enumerate()

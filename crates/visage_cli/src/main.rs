@@ -1,7 +1,8 @@
 //! `visage`: the Visage command line.
 //!
-//! Subcommands: `model-info` (what a head model holds and where it comes from) and
-//! `convert-flame` (official FLAME files into Visage's model format). Errors exit with status 1
+//! Subcommands: `model-info` (what a head model holds and where it comes from),
+//! `build-model` (the open head model from its sources) and `convert-flame` (official FLAME
+//! files into Visage's model format). Errors exit with status 1
 //! and one sentence on standard error.
 
 use std::fmt::Write as _;
@@ -38,6 +39,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build Visage's open head model from its third-party sources (FLAME 2023 Open subset,
+    /// ICT-FaceKit, RingNet landmarks, MediaPipe canonical face), deterministically.
+    BuildModel {
+        /// Folder with the source data (`flame2023_open/`, `ict_facekit/`,
+        /// `flame_landmarks_ringnet/`, `mediapipe/`).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Output model file; written atomically.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        out: PathBuf,
+    },
     /// Convert an official FLAME model (`.pkl` of FLAME 2020 / 2023 / 2023 Open, or a FLAME
     /// `.npz`) into Visage's safetensors model format.
     ConvertFlame {
@@ -52,7 +64,8 @@ enum Command {
         /// Model name to record in the output's metadata.
         #[arg(long)]
         name: Option<String>,
-        /// Licence to record in the output's metadata (default: "the licence of the input").
+        /// Licence to record in the output's metadata (default: the FLAME licence of the file's
+        /// owner).
         #[arg(long)]
         licence: Option<String>,
         /// Source to record in the output's metadata (default: the input's file name).
@@ -65,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ModelInfo { model, json } => model_info(model, json),
+        Command::BuildModel { data, out } => build_model(&data, &out),
         Command::ConvertFlame {
             input,
             output,
@@ -226,6 +240,17 @@ fn model_info(path: Option<PathBuf>, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn build_model(data: &Path, out: &Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let report = visage_core::build::build_open_model(data, out).map_err(|e| e.to_string())?;
+    emit(&format!(
+        "{report}wrote {} in {:.1} s\n",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
 fn convert_flame(
     input: &Path,
     output: &Path,
@@ -238,45 +263,14 @@ fn convert_flame(
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let model = match ext.as_str() {
-        "npz" => {
-            let meta = visage_core::model::ModelMeta {
-                name: name.unwrap_or_else(|| {
-                    input
-                        .file_stem()
-                        .map_or("FLAME".into(), |s| s.to_string_lossy().into_owned())
-                }),
-                format_version: visage_core::model::storage::FORMAT_VERSION,
-                units: "metres".into(),
-                licence: licence.unwrap_or_else(|| "the licence of the input FLAME file".into()),
-                source: source.unwrap_or_else(|| {
-                    format!(
-                        "{} (FLAME: Li, Bolkart, Black, Li, Romero, SIGGRAPH Asia 2017)",
-                        input
-                            .file_name()
-                            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-                    )
-                }),
-                changes:
-                    "converted to Visage's safetensors layout (float32, component-major bases)"
-                        .into(),
-                extra: Default::default(),
-            };
-            visage_core::model::npz_import::import_flame_npz(input, num_identity, meta)
-                .map_err(|e| e.to_string())?
-        }
-        "pkl" => {
-            let options = visage_core::model::import::ImportOptions {
-                identity_components: num_identity,
-                name,
-                ..Default::default()
-            };
-            let report =
-                visage_core::model::import::convert_flame_file_with(input, output, &options)
-                    .map_err(|e| e.to_string())?;
-            println!("{report}");
-            return Ok(());
-        }
+    let options = visage_core::model::import::ImportOptions {
+        identity_components: num_identity,
+        name,
+        ..Default::default()
+    };
+    let imported = match ext.as_str() {
+        "pkl" => visage_core::model::import::import_flame_pickle(input, &options),
+        "npz" => visage_core::model::npz_import::import_flame_npz(input, &options),
         _ => {
             return Err(format!(
                 "cannot convert `{}`: expected a FLAME `.pkl` or `.npz` file",
@@ -284,15 +278,16 @@ fn convert_flame(
             ));
         }
     };
+    let (mut model, mut report) = imported.map_err(|e| e.to_string())?;
+    if let Some(licence) = licence {
+        model.meta.licence = licence;
+    }
+    if let Some(source) = source {
+        model.meta.source = source;
+    }
     model.save(output).map_err(|e| e.to_string())?;
-    println!(
-        "wrote {}: {} vertices, {} triangles, {} identity and {} expression components, {} joints",
-        output.display(),
-        model.num_vertices(),
-        model.num_triangles(),
-        model.num_identity(),
-        model.num_expression(),
-        model.num_joints()
-    );
+    report.output = Some(output.to_path_buf());
+    report.output_bytes = std::fs::metadata(output).ok().map(|m| m.len());
+    emit(&format!("{report}\n"));
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod build;
 pub mod model;
 pub mod perception;
 pub mod photo;

@@ -1136,3 +1136,102 @@ fn adam_recovers_shape_parameters_through_the_chain_rule() {
         "the camera is not in the schedule and must not move"
     );
 }
+
+/// Writes the pictures of `docs/photometric.md` (run on demand:
+/// `cargo test -p visage_core --test render -- --ignored doc_pictures`). Skips when the shipped
+/// model is absent.
+#[test]
+#[ignore]
+fn doc_pictures() {
+    use visage_core::model::FlameModel;
+    use visage_core::render::{composite_over, write_png};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = match FlameModel::load(root.join("assets/models/visage_head.safetensors")) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    let size = 224u32;
+    let n = (size * size) as usize;
+    let mut verts = model.template.clone();
+    let (mut lo, mut hi) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
+    for v in &verts {
+        for k in 0..3 {
+            lo[k] = lo[k].min(v[k]);
+            hi[k] = hi[k].max(v[k]);
+        }
+    }
+    for v in &mut verts {
+        v[0] -= 0.5 * (lo[0] + hi[0]);
+        v[1] -= 0.5 * (lo[1] + hi[1]);
+        v[2] -= 0.5 * (lo[2] + hi[2]) + 0.6;
+    }
+    let camera = Camera::perspective_centered(
+        0.95 * size as f32 * (0.6 - 0.5 * (hi[2] - lo[2])) / (hi[1] - lo[1]),
+        size,
+        size,
+    );
+    let albedo = vec![[0.62, 0.42, 0.33]; verts.len()];
+    let mut sh = ambient([0.55, 0.55, 0.55]);
+    sh[1] = [0.35, 0.35, 0.35];
+    sh[2] = [0.9, 0.9, 0.9];
+    sh[3] = [0.45, 0.45, 0.45];
+    let scene = Scene {
+        vertices: &verts,
+        albedo: &albedo,
+        sh: &sh,
+        camera,
+    };
+    let mut pass = PhotometricPass::new(
+        size,
+        size,
+        &model.triangles,
+        verts.len(),
+        PassConfig::default(),
+    )
+    .unwrap();
+    let clean = pass.render(&scene, [0.08, 0.1, 0.14]).unwrap().to_vec();
+    // An occluder layer: a soft-edged grey-green bar across the lower face.
+    let mut layer = vec![[0.0f32; 4]; n];
+    for y in 0..size {
+        for x in 0..size {
+            let d = ((y as f32 - 150.0).abs() - 16.0).max(0.0);
+            let a = (1.0 - d / 3.0).clamp(0.0, 1.0) * (x > 40 && x < 190) as u32 as f32;
+            layer[(y * size + x) as usize] = [0.25, 0.35, 0.25, a];
+        }
+    }
+    let mut photo = clean.clone();
+    composite_over(&mut photo, &layer).unwrap();
+    // Residual of the clean render against the occluded "photo": the occluder lights up.
+    let target = Target {
+        image: &photo,
+        face_mask: None,
+        occlusion_mask: None,
+    };
+    pass.forward(&scene, &target, &LossConfig::default())
+        .unwrap();
+    let residual: Vec<[f32; 3]> = pass
+        .pixel_loss()
+        .iter()
+        .map(|&r| {
+            let v = (r / 1.5).min(1.0);
+            [v, v, v]
+        })
+        .collect();
+    let mut panel = vec![[0.0f32; 3]; 3 * n];
+    for y in 0..size as usize {
+        for x in 0..size as usize {
+            let i = y * size as usize + x;
+            let o = y * 3 * size as usize;
+            panel[o + x] = clean[i];
+            panel[o + size as usize + x] = photo[i];
+            panel[o + 2 * size as usize + x] = residual[i];
+        }
+    }
+    let out = root.join("docs/img/photometric_example.png");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    write_png(&out, 3 * size, size, &panel).unwrap();
+    println!("wrote {}", out.display());
+}

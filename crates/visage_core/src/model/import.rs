@@ -103,6 +103,9 @@ pub struct ImportReport {
     pub variant: FlameVariant,
     /// How the variant was decided, in words.
     pub variant_evidence: String,
+    /// Whether the arrays came from a NumPy `.npz` archive rather than a pickle (then the
+    /// pickle fields below are meaningless).
+    pub from_npz: bool,
     /// The pickle protocol (`None` for protocols 0 and 1).
     pub pickle_protocol: Option<u8>,
     /// Whether the pickle was written by Python 2.
@@ -145,11 +148,15 @@ impl fmt::Display for ImportReport {
             "variant     {} ({})",
             self.variant, self.variant_evidence
         )?;
-        write!(f, "pickle      {python}, {protocol}")?;
-        if self.chumpy_objects > 0 {
-            write!(f, ", {} chumpy objects", self.chumpy_objects)?;
+        if self.from_npz {
+            writeln!(f, "archive     NumPy .npz")?;
+        } else {
+            write!(f, "pickle      {python}, {protocol}")?;
+            if self.chumpy_objects > 0 {
+                write!(f, ", {} chumpy objects", self.chumpy_objects)?;
+            }
+            writeln!(f)?;
         }
-        writeln!(f)?;
         writeln!(
             f,
             "mesh        {} vertices, {} triangles",
@@ -640,6 +647,7 @@ impl Importer {
         };
         model.validate(&self.file)?;
         let report = ImportReport {
+            from_npz: false,
             source: self.file.clone(),
             variant,
             variant_evidence: evidence,

@@ -88,7 +88,8 @@ impl Landmarks68 {
         self.dynamic.len() / CONTOUR_POINTS
     }
 
-    /// The contour row for a head yaw of `yaw_degrees`, in FLAME's convention: the angle is
+    /// The contour row for a head yaw of `yaw_degrees`. Yaw is the head's rotation about +y;
+    /// positive turns the face towards +x (the subject's left). The rule is FLAME's: the angle is
     /// negated and rounded, `y = round(min(-yaw, 39))`; non-negative `y` selects row `y`
     /// (0..=39), negative `y` selects row `39 - y` (40..=78), and `y < -39` row 78.
     pub fn yaw_bin(&self, yaw_degrees: f32) -> usize {

@@ -5,21 +5,21 @@
 //!
 //! | tensor | dtype | shape | content |
 //! |---|---|---|---|
-//! | `template` | F32 | [V, 3] | mean head, metres |
-//! | `triangles` | U32 | [F, 3] | vertex indices, counter-clockwise from outside |
-//! | `identity` | F32 | [K, V, 3] | identity basis, unit-σ (absent when K = 0) |
-//! | `expression` | F32 | [K, V, 3] | expression basis (absent when K = 0) |
-//! | `detail` | F32 | [K, V, 3] | optional detail identity basis |
-//! | `pose_correctives` | F32 | [36, V, 3] | optional FLAME pose correctives |
-//! | `joint_regressor` | F32 | [J, V] | optional skeleton: joints from vertices |
-//! | `joint_parents` | I32 | [J] | kinematic tree, −1 for the root |
-//! | `skinning_weights` | F32 | [V, J] | linear-blend-skinning weights |
-//! | `lmk68_static_faces` / `_bary` | U32 / F32 | [51] / [51, 3] | iBUG points 17–67 |
-//! | `lmk68_dynamic_faces` / `_bary` | U32 / F32 | [B, 17] / [B, 17, 3] | jaw contour per yaw bin |
-//! | `lmk_mp_faces` / `lmk_mp_bary` | U32 / F32 | [N] / [N, 3] | MediaPipe 468-point embedding |
-//! | `uv_coords` / `uv_faces` | F32 / U32 | [T, 2] / [F, 3] | UV layout with per-corner indices |
-//! | `region.<name>` | U32 | [n] | vertices of a named region |
-//! | `symmetry` | U32 | [V] | mirror vertex of each vertex |
+//! | `template` | F32 | `[V, 3]` | mean head, metres |
+//! | `triangles` | U32 | `[F, 3]` | vertex indices, counter-clockwise from outside |
+//! | `identity` | F32 | `[K, V, 3]` | identity basis, unit-σ (absent when K = 0) |
+//! | `expression` | F32 | `[K, V, 3]` | expression basis (absent when K = 0) |
+//! | `detail` | F32 | `[K, V, 3]` | optional detail identity basis |
+//! | `pose_correctives` | F32 | `[36, V, 3]` | optional FLAME pose correctives |
+//! | `joint_regressor` | F32 | `[J, V]` | optional skeleton: joints from vertices |
+//! | `joint_parents` | I32 | `[J]` | kinematic tree, −1 for the root |
+//! | `skinning_weights` | F32 | `[V, J]` | linear-blend-skinning weights |
+//! | `lmk68_static_faces` / `_bary` | U32 / F32 | `[51]` / `[51, 3]` | iBUG points 17–67 |
+//! | `lmk68_dynamic_faces` / `_bary` | U32 / F32 | `[B, 17]` / `[B, 17, 3]` | jaw contour per yaw bin |
+//! | `lmk_mp_faces` / `lmk_mp_bary` | U32 / F32 | `[N]` / `[N, 3]` | MediaPipe 468-point embedding |
+//! | `uv_coords` / `uv_faces` | F32 / U32 | `[T, 2]` / `[F, 3]` | UV layout with per-corner indices |
+//! | `region.<name>` | U32 | `[n]` | vertices of a named region |
+//! | `symmetry` | U32 | `[V]` | mirror vertex of each vertex |
 //!
 //! Metadata (all values strings): `format` = `visage-flame`, `format_version` = `1`, `name`,
 //! `units` (= `metres`), `licence`, `source`, `changes`, `extra` (JSON object of strings),
@@ -356,10 +356,11 @@ impl FlameModel {
                 )
             })
             .collect::<Vec<_>>();
-        safetensors::serialize(views, Some(md)).map_err(|e| ModelError::Invalid {
+        let bytes = safetensors::serialize(views, Some(md)).map_err(|e| ModelError::Invalid {
             path: "<memory>".into(),
             detail: format!("could not serialise: {e}"),
-        })
+        })?;
+        Ok(canonical_header(bytes))
     }
 
     /// Writes the model atomically: a temporary file next to `path`, flushed, then renamed.
@@ -398,6 +399,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Rewrites the JSON header with its keys sorted (padded with spaces to the same length), so
+/// that saving the same model twice gives identical bytes whatever order the metadata map
+/// iterated in.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length prefix")) as usize;
+    // serde_json's map type is ordered, so a parse and re-encode sorts every object's keys.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]) else {
+        return bytes;
+    };
+    let Ok(mut text) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if text.len() > n {
+        return bytes;
+    }
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    bytes
 }
 
 fn to3(v: &[f32]) -> Vec<[f32; 3]> {

@@ -129,9 +129,10 @@ impl Camera {
         }
     }
 
-    /// Which flat slots belong to the focal length (scale), the principal point (weak
-    /// perspective: none) and the translation (weak perspective: the 2-D offset).
-    pub(crate) fn slot_mask(&self, focal: bool, principal: bool, translation: bool) -> [bool; 7] {
+    /// Which flat slots (of [`Camera::params`]) belong to the focal length (scale), the
+    /// principal point (weak perspective: none) and the translation (weak perspective: the
+    /// 2-D offset). The CPU fitter and the GPU pass both select camera parameters with it.
+    pub fn slot_mask(&self, focal: bool, principal: bool, translation: bool) -> [bool; 7] {
         match self {
             Camera::Perspective { .. } => [
                 focal,

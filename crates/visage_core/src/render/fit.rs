@@ -289,6 +289,11 @@ impl Fitter {
                 "the variables do not have the sizes the fitter was created for".into(),
             ));
         }
+        if vars.camera.is_perspective() != self.init.camera.is_perspective() {
+            return Err(RenderError::Fit(
+                "the camera model changed since the fitter was created".into(),
+            ));
+        }
         model.vertices(&vars.shape, &mut self.vertices);
         let scene = Scene {
             vertices: &self.vertices,

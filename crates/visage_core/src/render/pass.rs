@@ -36,7 +36,7 @@ pub struct PassConfig {
 impl Default for PassConfig {
     fn default() -> Self {
         PassConfig {
-            band_rows: 16,
+            band_rows: 32,
             cull_backfaces: true,
             near: 1e-3,
         }
@@ -138,9 +138,9 @@ pub struct PhotometricPass {
     /// CSR vertex → incident `(triangle · 3 + corner)`.
     adj_start: Vec<u32>,
     adj: Vec<u32>,
-    tri_cross: Vec<[f32; 3]>,
     verts: Vec<VertexState>,
     setup: Vec<TriSetup>,
+    tri_cross: Vec<[f32; 3]>,
     /// Triangles with a non-empty pixel box in the current render, in index order.
     active: Vec<u32>,
     pixels: Vec<PixelSample>,
@@ -235,9 +235,9 @@ impl PhotometricPass {
             triangles: triangles.to_vec(),
             adj_start,
             adj,
-            tri_cross: vec![[0.0; 3]; triangles.len()],
             verts: vec![VertexState::default(); num_vertices],
             setup: vec![TriSetup::default(); triangles.len()],
+            tri_cross: vec![[0.0; 3]; triangles.len()],
             active: Vec::with_capacity(triangles.len()),
             pixels: vec![EMPTY_PIXEL; w * h],
             colour: vec![[0.0; 3]; w * h],
@@ -246,7 +246,7 @@ impl PhotometricPass {
             weight: vec![0.0; w * h],
             band_sums: vec![[0.0; 2]; bands],
             band_bad: vec![false; bands],
-            band_acc: vec![0.0; bands * num_vertices * ACC],
+            band_acc: vec![0.0; bands * (num_vertices * ACC).max(1)],
             grad_m: vec![[0.0; 3]; num_vertices],
             chunk_partials: vec![[0.0; PARTIALS]; chunks],
             chunk_bad: vec![false; chunks],
@@ -390,28 +390,16 @@ impl PhotometricPass {
         loss.penalty.validate().map_err(RenderError::Invalid)
     }
 
-    /// Normals, shading, projection, triangle set-up and rasterisation.
-    fn rasterise(&mut self, scene: &Scene) -> Result<(), RenderError> {
+    /// Per-vertex state (normals, shading, projection), triangle set-up and the list of
+    /// triangles to draw.
+    fn prepare(&mut self, scene: &Scene) -> Result<(), RenderError> {
         self.check_scene(scene)?;
         let vertices = scene.vertices;
         let triangles = &self.triangles;
-        // Area-weighted face normals: the cross product has length twice the area.
-        self.tri_cross
-            .par_iter_mut()
-            .zip(triangles.par_iter())
-            .for_each(|(out, t)| {
-                let p0 = vertices[t[0] as usize];
-                let a = sub(vertices[t[1] as usize], p0);
-                let b = sub(vertices[t[2] as usize], p0);
-                *out = cross(a, b);
-            });
-        let tri_cross = &self.tri_cross;
-        let adj_start = &self.adj_start;
-        let adj = &self.adj;
         let camera = scene.camera;
         let near = self.config.near;
-        let sh = scene.sh;
         let albedo = scene.albedo;
+        // 1. Per vertex: projection (and input check).
         self.verts
             .par_chunks_mut(VERTEX_CHUNK)
             .zip(self.chunk_bad.par_iter_mut())
@@ -425,22 +413,6 @@ impl PhotometricPass {
                     if !(p.iter().all(|x| x.is_finite()) && a.iter().all(|x| x.is_finite())) {
                         *bad = true;
                     }
-                    let mut m = [0.0f32; 3];
-                    for &e in &adj[adj_start[v] as usize..adj_start[v + 1] as usize] {
-                        m = add(m, tri_cross[(e / 3) as usize]);
-                    }
-                    let len = dot(m, m).sqrt();
-                    let (n, inv_len) = if len > 1e-30 {
-                        let il = 1.0 / len;
-                        (scale(m, il), il)
-                    } else {
-                        ([0.0; 3], 0.0)
-                    };
-                    let e = shade_factor(sh, &sh_basis(n));
-                    vs.normal = n;
-                    vs.inv_len = inv_len;
-                    vs.irradiance = e;
-                    vs.shade = [a[0] * e[0], a[1] * e[1], a[2] * e[2]];
                     vs.proj = camera
                         .project(p, near)
                         .unwrap_or([f32::NAN, f32::NAN, 0.0, 0.0]);
@@ -451,14 +423,22 @@ impl PhotometricPass {
                 "the vertex positions or albedo contain NaN or infinity",
             ));
         }
+        // 2. Per triangle: face cross product (for the normals) and rasteriser set-up.
         let verts = &self.verts;
         let (wf, hf) = (self.width as f32, self.height as f32);
         let cull = self.config.cull_backfaces;
         let persp = camera.is_perspective();
         self.setup
             .par_iter_mut()
+            .zip(self.tri_cross.par_iter_mut())
             .zip(triangles.par_iter())
-            .for_each(|(s, t)| {
+            .for_each(|((s, cr), t)| {
+                // Area-weighted normals: the cross product has length twice the area.
+                let p0 = vertices[t[0] as usize];
+                *cr = cross(
+                    sub(vertices[t[1] as usize], p0),
+                    sub(vertices[t[2] as usize], p0),
+                );
                 s.bbox = [1, 0, 0, 0];
                 let p = [
                     verts[t[0] as usize].proj,
@@ -500,60 +480,95 @@ impl PhotometricPass {
                     [p[0][2], p[1][2], p[2][2]]
                 };
             });
+        // 3. Per vertex: normal (gather over incident faces) and SH shading.
+        let tri_cross = &self.tri_cross;
+        let adj_start = &self.adj_start;
+        let adj = &self.adj;
+        let sh = scene.sh;
+        self.verts
+            .par_chunks_mut(VERTEX_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (j, vs) in chunk.iter_mut().enumerate() {
+                    let v = ci * VERTEX_CHUNK + j;
+                    let mut m = [0.0f32; 3];
+                    for &e in &adj[adj_start[v] as usize..adj_start[v + 1] as usize] {
+                        m = add(m, tri_cross[(e / 3) as usize]);
+                    }
+                    let len = dot(m, m).sqrt();
+                    let (n, inv_len) = if len > 1e-30 {
+                        let il = 1.0 / len;
+                        (scale(m, il), il)
+                    } else {
+                        ([0.0; 3], 0.0)
+                    };
+                    let a = albedo[v];
+                    let e = shade_factor(sh, &sh_basis(n));
+                    vs.normal = n;
+                    vs.inv_len = inv_len;
+                    vs.irradiance = e;
+                    vs.shade = [a[0] * e[0], a[1] * e[1], a[2] * e[2]];
+                }
+            });
         self.active.clear();
         for (ti, s) in self.setup.iter().enumerate() {
             if s.bbox[0] <= s.bbox[2] && s.bbox[1] <= s.bbox[3] {
                 self.active.push(ti as u32);
             }
         }
-        let setup = &self.setup;
-        let active = &self.active;
+        Ok(())
+    }
+
+    /// One parallel sweep over the image bands: rasterise each band, then shade it, evaluate the
+    /// loss and (in [`Mode::Loss`] with `grad`) scatter the unnormalised pixel gradients
+    /// `w·ρ'(r)` into the band's accumulator. Returns `(Σ w ρ, Σ w)` and whether a non-finite
+    /// value met the loss.
+    fn sweep(&mut self, persp: bool, mode: Mode) -> ((f64, f64), bool) {
         let width = self.width;
         let band_rows = self.config.band_rows as usize;
+        let n = band_rows * width;
+        let acc_len = (self.num_vertices * ACC).max(1);
+        let ctx = BandContext {
+            width,
+            band_rows,
+            persp,
+            setup: &self.setup,
+            active: &self.active,
+            verts: &self.verts,
+            triangles: &self.triangles,
+        };
         self.pixels
-            .par_chunks_mut(band_rows * width)
+            .par_chunks_mut(n)
+            .zip(self.colour.par_chunks_mut(n))
+            .zip(self.residual.par_chunks_mut(n))
+            .zip(self.pixel_loss.par_chunks_mut(n))
+            .zip(self.weight.par_chunks_mut(n))
+            .zip(self.band_acc.par_chunks_mut(acc_len))
+            .zip(self.band_sums.par_iter_mut())
+            .zip(self.band_bad.par_iter_mut())
             .enumerate()
-            .for_each(|(bi, band)| {
-                band.fill(EMPTY_PIXEL);
-                let r0 = (bi * band_rows) as i32;
-                let r1 = r0 + (band.len() / width) as i32 - 1;
-                for &ti in active {
-                    let s = &setup[ti as usize];
-                    let [x0, y0, x1, y1] = s.bbox;
-                    if y1 < r0 || y0 > r1 {
-                        continue;
-                    }
-                    for y in y0.max(r0)..y1.min(r1) + 1 {
-                        let dy = y as f32 + 0.5 - s.p0[1];
-                        let row = &mut band[(y - r0) as usize * width..][..width];
-                        for x in x0..x1 + 1 {
-                            let dx = x as f32 + 0.5 - s.p0[0];
-                            let l1 = dx * s.k[0] - dy * s.k[1];
-                            let l2 = dy * s.k[2] - dx * s.k[3];
-                            let l0 = 1.0 - l1 - l2;
-                            if l0 < INSIDE_EPS || l1 < INSIDE_EPS || l2 < INSIDE_EPS {
-                                continue;
-                            }
-                            let key = l0 * s.q[0] + l1 * s.q[1] + l2 * s.q[2];
-                            let px = &mut row[x as usize];
-                            if key > px.depth_key {
-                                let bary = if persp {
-                                    let ik = 1.0 / key;
-                                    [l0 * s.q[0] * ik, l1 * s.q[1] * ik, l2 * s.q[2] * ik]
-                                } else {
-                                    [l0, l1, l2]
-                                };
-                                *px = PixelSample {
-                                    triangle: ti,
-                                    depth_key: key,
-                                    bary,
-                                };
-                            }
-                        }
-                    }
-                }
-            });
-        Ok(())
+            .for_each(
+                |(bi, (((((((pix, col), res), pl), wt), acc), sums), bad))| {
+                    ctx.rasterise_band(bi, pix);
+                    let out = BandOut {
+                        pix,
+                        col,
+                        res,
+                        pl,
+                        wt,
+                        acc,
+                    };
+                    let (s, b) = ctx.shade_band(bi, out, &mode);
+                    *sums = s;
+                    *bad = b;
+                },
+            );
+        let bad = self.band_bad.iter().any(|&b| b);
+        let sums = self
+            .band_sums
+            .iter()
+            .fold((0.0f64, 0.0f64), |a, s| (a.0 + s[0], a.1 + s[1]));
+        (sums, bad)
     }
 
     /// Renders the shaded mesh (no loss, no gradients). Uncovered pixels get `background`.
@@ -564,19 +579,13 @@ impl PhotometricPass {
         scene: &Scene,
         background: [f32; 3],
     ) -> Result<&[[f32; 3]], RenderError> {
-        self.rasterise(scene)?;
-        let verts = &self.verts;
-        let triangles = &self.triangles;
-        self.colour
-            .par_iter_mut()
-            .zip(self.pixels.par_iter())
-            .for_each(|(c, px)| {
-                *c = if px.triangle == NO_TRIANGLE {
-                    background
-                } else {
-                    interpolate(verts, &triangles[px.triangle as usize], &px.bary)
-                };
-            });
+        if background.iter().any(|x| !x.is_finite()) {
+            return Err(RenderError::Invalid(
+                "the background colour contains NaN or infinity",
+            ));
+        }
+        self.prepare(scene)?;
+        self.sweep(scene.camera.is_perspective(), Mode::Render { background });
         Ok(&self.colour)
     }
 
@@ -590,81 +599,7 @@ impl PhotometricPass {
         target: &Target,
         loss: &LossConfig,
     ) -> Result<f32, RenderError> {
-        self.check_target(target, loss)?;
-        self.rasterise(scene)?;
-        let verts = &self.verts;
-        let triangles = &self.triangles;
-        let n = self.band_rows_px();
-        let penalty = loss.penalty;
-        let background = loss.background;
-        self.colour
-            .par_chunks_mut(n)
-            .zip(self.residual.par_chunks_mut(n))
-            .zip(self.pixel_loss.par_chunks_mut(n))
-            .zip(self.weight.par_chunks_mut(n))
-            .zip(self.pixels.par_chunks(n))
-            .zip(
-                self.band_sums
-                    .par_iter_mut()
-                    .zip(self.band_bad.par_iter_mut()),
-            )
-            .enumerate()
-            .for_each(|(bi, (((((col, res), pl), wt), pix), (sums, bad)))| {
-                let base = bi * n;
-                let mut acc = [0.0f64; 2];
-                *bad = false;
-                for j in 0..pix.len() {
-                    let px = &pix[j];
-                    let c = if px.triangle != NO_TRIANGLE {
-                        interpolate(verts, &triangles[px.triangle as usize], &px.bary)
-                    } else if let Some(bg) = background {
-                        bg
-                    } else {
-                        col[j] = [0.0; 3];
-                        res[j] = [0.0; 3];
-                        pl[j] = 0.0;
-                        wt[j] = 0.0;
-                        continue;
-                    };
-                    col[j] = c;
-                    let i = base + j;
-                    let mut w = 1.0f32;
-                    if let Some(m) = target.face_mask {
-                        w *= m[i];
-                    }
-                    if let Some(m) = target.occlusion_mask {
-                        w *= 1.0 - m[i];
-                    }
-                    let photo = target.image[i];
-                    let r = [c[0] - photo[0], c[1] - photo[1], c[2] - photo[2]];
-                    let rho = penalty.eval(r[0]).0 + penalty.eval(r[1]).0 + penalty.eval(r[2]).0;
-                    if !(rho.is_finite() && w.is_finite()) {
-                        *bad = true;
-                    }
-                    res[j] = r;
-                    pl[j] = rho;
-                    wt[j] = w;
-                    acc[0] += (w * rho) as f64;
-                    acc[1] += w as f64;
-                }
-                *sums = acc;
-            });
-        if self.band_bad.iter().any(|&b| b) {
-            return Err(RenderError::Invalid(
-                "the photo or the masks contain NaN or infinity",
-            ));
-        }
-        let (num, den) = self
-            .band_sums
-            .iter()
-            .fold((0.0f64, 0.0f64), |a, s| (a.0 + s[0], a.1 + s[1]));
-        self.weight_sum = den;
-        self.loss = if den > 0.0 { num / den } else { 0.0 };
-        Ok(self.loss as f32)
-    }
-
-    fn band_rows_px(&self) -> usize {
-        self.config.band_rows as usize * self.width
+        self.evaluate(scene, target, loss, false)
     }
 
     /// [`PhotometricPass::forward`] followed by the backward pass. The gradients are also kept
@@ -677,55 +612,51 @@ impl PhotometricPass {
         target: &Target,
         loss: &LossConfig,
     ) -> Result<(f32, &Gradients), RenderError> {
-        let l = self.forward(scene, target, loss)?;
-        self.backward(scene, loss.penalty);
+        let l = self.evaluate(scene, target, loss, true)?;
+        self.backward(scene);
         Ok((l, &self.grads))
     }
 
-    /// Backward pass; requires the state of a successful `forward` with the same scene.
-    fn backward(&mut self, scene: &Scene, penalty: RobustLoss) {
+    fn evaluate(
+        &mut self,
+        scene: &Scene,
+        target: &Target,
+        loss: &LossConfig,
+        grad: bool,
+    ) -> Result<f32, RenderError> {
+        self.check_target(target, loss)?;
+        self.prepare(scene)?;
+        let mode = Mode::Loss {
+            image: target.image,
+            face: target.face_mask,
+            occ: target.occlusion_mask,
+            penalty: loss.penalty,
+            background: loss.background,
+            grad,
+        };
+        let ((num, den), bad) = self.sweep(scene.camera.is_perspective(), mode);
+        if bad {
+            return Err(RenderError::Invalid(
+                "the photo or the masks contain NaN or infinity",
+            ));
+        }
+        self.weight_sum = den;
+        self.loss = if den > 0.0 { num / den } else { 0.0 };
+        Ok(self.loss as f32)
+    }
+
+    /// Backward pass after a gradient `sweep` with the same scene.
+    fn backward(&mut self, scene: &Scene) {
         let nv = self.num_vertices;
         let inv_w = if self.weight_sum > 0.0 {
             (1.0 / self.weight_sum) as f32
         } else {
             0.0
         };
-        let persp = scene.camera.is_perspective();
         let verts = &self.verts;
         let triangles = &self.triangles;
-        let n = self.band_rows_px();
-        let width = self.width;
-        // 1. Per band: dL/dC per pixel, scattered to the three corners of its triangle.
-        if nv > 0 {
-            self.band_acc
-                .par_chunks_mut(nv * ACC)
-                .zip(self.pixels.par_chunks(n))
-                .zip(self.residual.par_chunks(n))
-                .zip(self.weight.par_chunks(n))
-                .enumerate()
-                .for_each(|(bi, (((acc, pix), res), wt))| {
-                    acc.fill(0.0);
-                    let base = bi * n;
-                    for j in 0..pix.len() {
-                        let px = &pix[j];
-                        if px.triangle == NO_TRIANGLE || wt[j] == 0.0 {
-                            continue;
-                        }
-                        let s = wt[j] * inv_w;
-                        let r = res[j];
-                        let g = [
-                            s * penalty.eval(r[0]).1,
-                            s * penalty.eval(r[1]).1,
-                            s * penalty.eval(r[2]).1,
-                        ];
-                        let i = base + j;
-                        let p = [(i % width) as f32 + 0.5, (i / width) as f32 + 0.5];
-                        let tri = triangles[px.triangle as usize];
-                        pixel_backward(verts, &tri, &px.bary, g, p, persp, acc);
-                    }
-                });
-        }
-        // 2. Per vertex: reduce the bands; albedo, SH, normal and projection gradients.
+        // 1. Per vertex: reduce the bands (and normalise by Σ w); albedo, SH, normal and
+        //    projection gradients.
         let bands = self.band_sums.len();
         let band_acc = &self.band_acc;
         let vertices = scene.vertices;
@@ -751,6 +682,9 @@ impl PhotometricPass {
                         for k in 0..ACC {
                             g[k] += src[k];
                         }
+                    }
+                    for x in &mut g {
+                        *x *= inv_w;
                     }
                     let vs = &verts[v];
                     let a = albedo[v];
@@ -786,7 +720,7 @@ impl PhotometricPass {
                     part[27 + k] = gcam[k] as f64;
                 }
             });
-        // 3. Per vertex: gradient through the area-weighted normals (gather over incident
+        // 2. Per vertex: gradient through the area-weighted normals (gather over incident
         //    triangles).
         let grad_m = &self.grad_m;
         let adj_start = &self.adj_start;
@@ -825,7 +759,7 @@ impl PhotometricPass {
                     *out = add(*out, acc);
                 }
             });
-        // 4. Reduce the per-chunk SH and camera partials.
+        // 3. Reduce the per-chunk SH and camera partials.
         let mut tot = [0.0f64; PARTIALS];
         for part in &self.chunk_partials {
             for k in 0..PARTIALS {
@@ -844,6 +778,178 @@ impl PhotometricPass {
         }
         cam.set_params(&flat);
         self.grads.camera = cam;
+    }
+}
+
+/// What a band sweep computes after rasterising.
+enum Mode<'a> {
+    /// Colour only; uncovered pixels get the background.
+    Render { background: [f32; 3] },
+    /// Colour, residual, penalty and weight; with `grad`, also the pixel gradients.
+    Loss {
+        image: &'a [[f32; 3]],
+        face: Option<&'a [f32]>,
+        occ: Option<&'a [f32]>,
+        penalty: RobustLoss,
+        background: Option<[f32; 3]>,
+        grad: bool,
+    },
+}
+
+/// Read-only inputs of a band.
+struct BandContext<'a> {
+    width: usize,
+    band_rows: usize,
+    persp: bool,
+    setup: &'a [TriSetup],
+    active: &'a [u32],
+    verts: &'a [VertexState],
+    triangles: &'a [[u32; 3]],
+}
+
+/// The per-pixel outputs of one band and its gradient accumulator.
+struct BandOut<'b> {
+    pix: &'b mut [PixelSample],
+    col: &'b mut [[f32; 3]],
+    res: &'b mut [[f32; 3]],
+    pl: &'b mut [f32],
+    wt: &'b mut [f32],
+    acc: &'b mut [f32],
+}
+
+impl BandContext<'_> {
+    /// Z-buffer rasterisation of the active triangles (in index order) into the rows of band
+    /// `bi`.
+    fn rasterise_band(&self, bi: usize, band: &mut [PixelSample]) {
+        let width = self.width;
+        band.fill(EMPTY_PIXEL);
+        let r0 = (bi * self.band_rows) as i32;
+        let r1 = r0 + (band.len() / width) as i32 - 1;
+        for &ti in self.active {
+            let s = &self.setup[ti as usize];
+            let [x0, y0, x1, y1] = s.bbox;
+            if y1 < r0 || y0 > r1 {
+                continue;
+            }
+            for y in y0.max(r0)..y1.min(r1) + 1 {
+                let dy = y as f32 + 0.5 - s.p0[1];
+                let row = &mut band[(y - r0) as usize * width..][..width];
+                for x in x0..x1 + 1 {
+                    let dx = x as f32 + 0.5 - s.p0[0];
+                    let l1 = dx * s.k[0] - dy * s.k[1];
+                    let l2 = dy * s.k[2] - dx * s.k[3];
+                    let l0 = 1.0 - l1 - l2;
+                    if l0 < INSIDE_EPS || l1 < INSIDE_EPS || l2 < INSIDE_EPS {
+                        continue;
+                    }
+                    let key = l0 * s.q[0] + l1 * s.q[1] + l2 * s.q[2];
+                    let px = &mut row[x as usize];
+                    if key > px.depth_key {
+                        let bary = if self.persp {
+                            let ik = 1.0 / key;
+                            [l0 * s.q[0] * ik, l1 * s.q[1] * ik, l2 * s.q[2] * ik]
+                        } else {
+                            [l0, l1, l2]
+                        };
+                        *px = PixelSample {
+                            triangle: ti,
+                            depth_key: key,
+                            bary,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shading, loss and pixel gradients of band `bi`. Returns `[Σ w ρ, Σ w]` and whether a
+    /// non-finite value met the loss.
+    fn shade_band(&self, bi: usize, out: BandOut, mode: &Mode) -> ([f64; 2], bool) {
+        let BandOut {
+            pix,
+            col,
+            res,
+            pl,
+            wt,
+            acc,
+        } = out;
+        let row0 = bi * self.band_rows;
+        let base = row0 * self.width;
+        match *mode {
+            Mode::Render { background } => {
+                for (c, px) in col.iter_mut().zip(pix.iter()) {
+                    *c = if px.triangle == NO_TRIANGLE {
+                        background
+                    } else {
+                        interpolate(self.verts, &self.triangles[px.triangle as usize], &px.bary)
+                    };
+                }
+                ([0.0; 2], false)
+            }
+            Mode::Loss {
+                image,
+                face,
+                occ,
+                penalty,
+                background,
+                grad,
+            } => {
+                if grad {
+                    acc.fill(0.0);
+                }
+                let mut sums = [0.0f64; 2];
+                let mut bad = false;
+                let rows = pix.len() / self.width;
+                for yy in 0..rows {
+                    for xx in 0..self.width {
+                        let j = yy * self.width + xx;
+                        let px = &pix[j];
+                        let covered = px.triangle != NO_TRIANGLE;
+                        let c = if covered {
+                            interpolate(self.verts, &self.triangles[px.triangle as usize], &px.bary)
+                        } else if let Some(bg) = background {
+                            bg
+                        } else {
+                            col[j] = [0.0; 3];
+                            res[j] = [0.0; 3];
+                            pl[j] = 0.0;
+                            wt[j] = 0.0;
+                            continue;
+                        };
+                        col[j] = c;
+                        let i = base + j;
+                        let mut w = 1.0f32;
+                        if let Some(m) = face {
+                            w *= m[i];
+                        }
+                        if let Some(m) = occ {
+                            w *= 1.0 - m[i];
+                        }
+                        let photo = image[i];
+                        let r = [c[0] - photo[0], c[1] - photo[1], c[2] - photo[2]];
+                        let (e0, d0) = penalty.eval(r[0]);
+                        let (e1, d1) = penalty.eval(r[1]);
+                        let (e2, d2) = penalty.eval(r[2]);
+                        let rho = e0 + e1 + e2;
+                        if !(rho.is_finite() && w.is_finite()) {
+                            bad = true;
+                        }
+                        res[j] = r;
+                        pl[j] = rho;
+                        wt[j] = w;
+                        sums[0] += (w * rho) as f64;
+                        sums[1] += w as f64;
+                        if grad && covered && w != 0.0 {
+                            let g = [w * d0, w * d1, w * d2];
+                            let p = [xx as f32 + 0.5, (row0 + yy) as f32 + 0.5];
+                            let tri = self.triangles[px.triangle as usize];
+                            pixel_backward(self.verts, &tri, &px.bary, g, p, self.persp, acc);
+                        }
+                    }
+                }
+                (sums, bad)
+            }
+        }
     }
 }
 
