@@ -1,6 +1,7 @@
 //! `visage`: the Visage command line.
 //!
-//! Subcommands: `model-info` (what a head model holds and where it comes from),
+//! Subcommands: `model-info` (what a head model holds and where it comes from), `detect`
+//! (faces, landmarks, irises and hands in a photo),
 //! `build-model` (the open head model from its sources) and `convert-flame` (official FLAME
 //! files into Visage's model format). Errors exit with status 1
 //! and one sentence on standard error.
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod detect;
 use serde_json::json;
 use visage_core::model::FlameModel;
 
@@ -38,6 +41,20 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Find faces, 468 landmarks, irises and hands in a photo, with timings per network.
+    Detect {
+        /// The photo (JPEG, PNG, WebP, BMP, TIFF or GIF).
+        photo: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Write the photo with boxes, landmarks, irises and hands drawn on it (PNG).
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Use the full-range face detector (small or distant faces, group photos).
+        #[arg(long)]
+        full_range: bool,
     },
     /// Build Visage's open head model from its third-party sources (FLAME 2023 Open subset,
     /// ICT-FaceKit, RingNet landmarks, MediaPipe canonical face), deterministically.
@@ -79,6 +96,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::ModelInfo { model, json } => model_info(model, json),
         Command::BuildModel { data, out } => build_model(&data, &out),
+        Command::Detect {
+            photo,
+            json,
+            overlay,
+            full_range,
+        } => detect::run(&photo, json, overlay.as_deref(), full_range),
         Command::ConvertFlame {
             input,
             output,
@@ -99,7 +122,7 @@ fn main() -> ExitCode {
 
 /// Writes `text` to standard output; a closed pipe (e.g. `visage model-info | head`) is not an
 /// error.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 

@@ -97,3 +97,39 @@ fn errors_exit_non_zero_with_one_sentence() {
         "{err}"
     );
 }
+
+#[test]
+fn detect_finds_the_astronaut_and_draws_an_overlay() {
+    let overlay = std::env::temp_dir().join(format!("visage-detect-{}.png", std::process::id()));
+    let (ok, out, err) = visage(&[
+        "detect",
+        "assets/photos/astronaut.png",
+        "--json",
+        "--overlay",
+        overlay.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    let faces = v["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 1, "{out}");
+    assert_eq!(faces[0]["landmarks"].as_array().unwrap().len(), 468);
+    // The face box lies around the astronaut's face (upper middle of the 512×512 portrait).
+    let b = &faces[0]["box"];
+    let (x0, y0) = (b[0][0].as_f64().unwrap(), b[0][1].as_f64().unwrap());
+    let (x1, y1) = (b[1][0].as_f64().unwrap(), b[1][1].as_f64().unwrap());
+    assert!(
+        (150.0..210.0).contains(&x0) && (240.0..300.0).contains(&x1),
+        "{b}"
+    );
+    assert!(
+        (50.0..120.0).contains(&y0) && (150.0..210.0).contains(&y1),
+        "{b}"
+    );
+    let png = std::fs::read(&overlay).expect("overlay written");
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::remove_file(overlay).unwrap();
+
+    let (ok, _, err) = visage(&["detect", "README.md"]);
+    assert!(!ok);
+    assert!(err.contains("is not a photo Visage can read"), "{err}");
+}

@@ -668,5 +668,8 @@ fn most_texels_belong_to_the_face() {
         .map(|(_, f)| area(f))
         .sum();
     // The texture is the unit square: the face's share of it is its UV area.
-    assert!(face_area > 0.5, "the face covers {face_area:.3} of the texture");
+    assert!(
+        face_area > 0.5,
+        "the face covers {face_area:.3} of the texture"
+    );
 }

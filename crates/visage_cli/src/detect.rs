@@ -1,0 +1,215 @@
+//! `visage detect`: runs the perception networks on one photo and reports what they found.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use image::{Rgb, RgbImage};
+use serde_json::json;
+use visage_core::perception::FaceDetectorMode;
+use visage_core::perception::{Perception, PerceptionOptions};
+use visage_core::photo::{IngestOptions, Photo};
+
+use crate::emit;
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Runs the command; errors are one sentence.
+pub fn run(
+    photo_path: &Path,
+    as_json: bool,
+    overlay: Option<&Path>,
+    full_range: bool,
+) -> Result<(), String> {
+    let photo = Photo::open(photo_path, &IngestOptions::default()).map_err(|e| e.to_string())?;
+    let options = PerceptionOptions {
+        detector: if full_range {
+            FaceDetectorMode::FullRange
+        } else {
+            FaceDetectorMode::Auto
+        },
+        ..PerceptionOptions::default()
+    };
+    let nets = visage_core::perception::default_nets_dir();
+    let perception = Perception::load(&nets, options).map_err(|e| e.to_string())?;
+    let found = perception.run_photo(&photo).map_err(|e| e.to_string())?;
+
+    // Coordinates are reported in the pixels of the original (upright) photo.
+    let orig = |p: [f32; 2]| {
+        let q = photo.to_original([p[0] as f64, p[1] as f64]);
+        [(q[0] * 10.0).round() / 10.0, (q[1] * 10.0).round() / 10.0]
+    };
+    let faces: Vec<_> = found
+        .faces
+        .iter()
+        .map(|f| {
+            let b = f.detection.bbox;
+            json!({
+                "box": [orig([b[0], b[1]]), orig([b[2], b[3]])],
+                "score": f.detection.score,
+                "keypoints": f.detection.keypoints.iter().map(|&k| orig(k)).collect::<Vec<_>>(),
+                "landmarks": f.landmarks.as_ref().map(|l| l.points.iter().map(|p| orig([p[0], p[1]])).collect::<Vec<_>>()),
+                "presence": f.landmarks.as_ref().map(|l| l.presence),
+                "iris_centres": f.iris_centers().map(|c| [orig(c[0]), orig(c[1])]),
+            })
+        })
+        .collect();
+    let hands: Vec<_> = found
+        .hands
+        .iter()
+        .map(|h| {
+            json!({
+                "landmarks": h.landmarks.points.iter().map(|p| orig([p[0], p[1]])).collect::<Vec<_>>(),
+                "presence": h.landmarks.presence,
+                "right_hand": h.landmarks.right_hand,
+            })
+        })
+        .collect();
+    let t = &found.timings;
+    let timings = json!({
+        "face_detection_ms": ms(t.face_detection),
+        "face_mesh_ms": ms(t.face_mesh),
+        "iris_ms": ms(t.iris),
+        "palm_detection_ms": ms(t.palm_detection),
+        "hand_landmarks_ms": ms(t.hand_landmarks),
+        "segmentation_ms": ms(t.segmentation),
+        "total_ms": ms(t.total),
+    });
+
+    if let Some(out) = overlay {
+        let img = draw_overlay(&photo, &found);
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| format!("could not encode the overlay: {e}"))?;
+        visage_core::model::storage::write_atomically(out, &png)
+            .map_err(|e| format!("could not write the overlay `{}`: {e}", out.display()))?;
+    }
+
+    if as_json {
+        let v = json!({
+            "photo": photo_path.display().to_string(),
+            "size": [photo.meta().original_size[0], photo.meta().original_size[1]],
+            "faces": faces,
+            "hands": hands,
+            "timings": timings,
+        });
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).expect("JSON values serialise")
+        ));
+        return Ok(());
+    }
+    let mut o = String::new();
+    writeln!(
+        o,
+        "photo       {} ({}×{})",
+        photo_path.display(),
+        photo.meta().original_size[0],
+        photo.meta().original_size[1]
+    )
+    .ok();
+    if found.faces.is_empty() {
+        writeln!(
+            o,
+            "faces       none found (try --full-range for small or distant faces)"
+        )
+        .ok();
+    }
+    for (i, f) in found.faces.iter().enumerate() {
+        let b = f.detection.bbox;
+        let (a, c) = (orig([b[0], b[1]]), orig([b[2], b[3]]));
+        write!(
+            o,
+            "face {i}      box ({:.0}, {:.0})–({:.0}, {:.0}), score {:.2}",
+            a[0], a[1], c[0], c[1], f.detection.score
+        )
+        .ok();
+        match &f.landmarks {
+            Some(l) => write!(
+                o,
+                ", {} landmarks (presence {:.2})",
+                l.points.len(),
+                l.presence
+            )
+            .ok(),
+            None => write!(o, ", no landmarks (beyond the largest faces)").ok(),
+        };
+        if let Some(c) = f.iris_centers() {
+            let (r, l) = (orig(c[0]), orig(c[1]));
+            write!(
+                o,
+                ", irises ({:.1}, {:.1}) ({:.1}, {:.1})",
+                r[0], r[1], l[0], l[1]
+            )
+            .ok();
+        }
+        writeln!(o).ok();
+    }
+    writeln!(o, "hands       {}", found.hands.len()).ok();
+    writeln!(
+        o,
+        "timings     detection {} ms, mesh {} ms, iris {} ms, palms {} ms, hands {} ms, segmentation {} ms, total {} ms",
+        ms(t.face_detection), ms(t.face_mesh), ms(t.iris), ms(t.palm_detection), ms(t.hand_landmarks), ms(t.segmentation), ms(t.total)
+    )
+    .ok();
+    if let Some(out) = overlay {
+        writeln!(o, "overlay     {}", out.display()).ok();
+    }
+    emit(&o);
+    Ok(())
+}
+
+fn dot(img: &mut RgbImage, p: [f32; 2], r: i32, colour: Rgb<u8>) {
+    let (cx, cy) = (p[0].round() as i32, p[1].round() as i32);
+    for dy in -r..=r {
+        for dx in -r..=r {
+            let (x, y) = (cx + dx, cy + dy);
+            if dx * dx + dy * dy <= r * r
+                && x >= 0
+                && y >= 0
+                && (x as u32) < img.width()
+                && (y as u32) < img.height()
+            {
+                img.put_pixel(x as u32, y as u32, colour);
+            }
+        }
+    }
+}
+
+fn draw_overlay(photo: &Photo, found: &visage_core::perception::PerceptionResult) -> RgbImage {
+    let mut img = photo.to_rgb_image();
+    let r = ((img.width().max(img.height()) as f32) / 600.0).ceil() as i32;
+    for f in &found.faces {
+        let b = f.detection.bbox;
+        let steps = 200;
+        for k in 0..=steps {
+            let t = k as f32 / steps as f32;
+            for p in [
+                [b[0] + t * (b[2] - b[0]), b[1]],
+                [b[0] + t * (b[2] - b[0]), b[3]],
+                [b[0], b[1] + t * (b[3] - b[1])],
+                [b[2], b[1] + t * (b[3] - b[1])],
+            ] {
+                dot(&mut img, p, r, Rgb([255, 200, 0]));
+            }
+        }
+        if let Some(l) = &f.landmarks {
+            for p in &l.points {
+                dot(&mut img, [p[0], p[1]], r, Rgb([0, 255, 120]));
+            }
+        }
+        if let Some(c) = f.iris_centers() {
+            for p in c {
+                dot(&mut img, p, 2 * r, Rgb([255, 40, 40]));
+            }
+        }
+    }
+    for h in &found.hands {
+        for p in &h.landmarks.points {
+            dot(&mut img, [p[0], p[1]], r, Rgb([60, 140, 255]));
+        }
+    }
+    img
+}
