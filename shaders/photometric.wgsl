@@ -460,11 +460,10 @@ fn tri_setup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// Visibility, pass 1: the nearest depth key per pixel (larger key is nearer).
-@compute @workgroup_size(64)
-fn raster_depth(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let t = linear_group(wid, nwg) * WG + lid;
+// Rasterises triangle `t` over its pixel box. Pass 1 (`write_id` false) keeps the nearest depth
+// key per pixel (larger key is nearer); pass 2 keeps, among the triangles at that key, the lowest
+// index (the CPU reference's tie rule: first drawn wins).
+fn raster(t: u32, write_id: bool) {
     if t >= params.num_triangles {
         return;
     }
@@ -483,40 +482,27 @@ fn raster_depth(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 continue;
             }
             let i = u32(y) * params.width + u32(x);
-            atomicMax(&vis[2u * i], order_key(key));
-        }
-    }
-}
-
-// Visibility, pass 2: among the triangles at the nearest key, the lowest index (the CPU
-// reference's tie rule: first drawn wins).
-@compute @workgroup_size(64)
-fn raster_id(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let t = linear_group(wid, nwg) * WG + lid;
-    if t >= params.num_triangles {
-        return;
-    }
-    let s = tris[t];
-    if s.bbox.x > s.bbox.z {
-        return;
-    }
-    for (var y = s.bbox.y; y <= s.bbox.w; y++) {
-        for (var x = s.bbox.x; x <= s.bbox.z; x++) {
-            let l = coverage(s, x, y);
-            if l.w == 0.0 {
-                continue;
-            }
-            let key = depth_key(s, l);
-            if !is_finite(key) {
-                continue;
-            }
-            let i = u32(y) * params.width + u32(x);
-            if atomicLoad(&vis[2u * i]) == order_key(key) {
+            if !write_id {
+                atomicMax(&vis[2u * i], order_key(key));
+            } else if atomicLoad(&vis[2u * i]) == order_key(key) {
                 atomicMin(&vis[2u * i + 1u], t);
             }
         }
     }
+}
+
+// Visibility, pass 1: the nearest depth key per pixel.
+@compute @workgroup_size(64)
+fn raster_depth(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    raster(linear_group(wid, nwg) * WG + lid, false);
+}
+
+// Visibility, pass 2: the front triangle's index at the nearest key.
+@compute @workgroup_size(64)
+fn raster_id(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    raster(linear_group(wid, nwg) * WG + lid, true);
 }
 
 // Perspective-correct barycentrics of pixel `i` in its front triangle.

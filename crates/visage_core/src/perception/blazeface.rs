@@ -110,17 +110,7 @@ impl Config {
     }
 
     fn decode_options(&self) -> DecodeOptions {
-        let s = self.input_size() as f32;
-        DecodeOptions {
-            num_coords: 16,
-            num_keypoints: 6,
-            x_scale: s,
-            y_scale: s,
-            w_scale: s,
-            h_scale: s,
-            score_clipping_thresh: 100.0,
-            min_score_thresh: self.min_score,
-        }
+        DecodeOptions::square(self.input_size(), 6, self.min_score)
     }
 }
 

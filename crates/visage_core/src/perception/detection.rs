@@ -133,6 +133,25 @@ pub struct DecodeOptions {
     pub min_score_thresh: f32,
 }
 
+impl DecodeOptions {
+    /// Options for a detector with a square `input_size` input whose boxes carry
+    /// `num_keypoints` keypoints, as MediaPipe configures BlazeFace and palm detection
+    /// (all scales = the input size, raw scores clipped at ±100).
+    pub fn square(input_size: usize, num_keypoints: usize, min_score_thresh: f32) -> Self {
+        let s = input_size as f32;
+        Self {
+            num_coords: 4 + 2 * num_keypoints,
+            num_keypoints,
+            x_scale: s,
+            y_scale: s,
+            w_scale: s,
+            h_scale: s,
+            score_clipping_thresh: 100.0,
+            min_score_thresh,
+        }
+    }
+}
+
 /// A detection in coordinates normalised to some image (`[0, 1]` over its width/height):
 /// a box and keypoints. The detectors return them in photo pixels instead.
 #[derive(Debug, Clone, PartialEq)]
