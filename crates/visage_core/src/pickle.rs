@@ -932,15 +932,7 @@ impl<'a> Vm<'a> {
     }
 
     fn charge(&mut self, bytes: u64) -> Res<()> {
-        let total = self.used.saturating_add(bytes);
-        if total > self.limits.max_total_bytes {
-            return Err(PickleError::TooLarge {
-                requested: total,
-                limit: self.limits.max_total_bytes,
-            });
-        }
-        self.used = total;
-        Ok(())
+        charge(&mut self.used, self.limits.max_total_bytes, bytes)
     }
 
     // ----- reading -----
@@ -2079,17 +2071,22 @@ enum KeyRepr {
     Float(u64),
 }
 
+/// Adds `bytes` to the running total `used`, refusing to pass `limit`.
+fn charge(used: &mut u64, limit: u64, bytes: u64) -> Res<()> {
+    let total = used.saturating_add(bytes);
+    if total > limit {
+        return Err(PickleError::TooLarge {
+            requested: total,
+            limit,
+        });
+    }
+    *used = total;
+    Ok(())
+}
+
 impl Converter {
     fn charge(&mut self, bytes: u64) -> Res<()> {
-        let total = self.used.saturating_add(bytes);
-        if total > self.limits.max_total_bytes {
-            return Err(PickleError::TooLarge {
-                requested: total,
-                limit: self.limits.max_total_bytes,
-            });
-        }
-        self.used = total;
-        Ok(())
+        charge(&mut self.used, self.limits.max_total_bytes, bytes)
     }
 
     fn convert(&mut self, o: &Obj, depth: usize) -> Res<PickleValue> {
