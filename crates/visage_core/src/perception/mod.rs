@@ -33,6 +33,7 @@ pub mod palm;
 pub mod pipeline;
 pub mod roi;
 pub mod selfie;
+pub mod synthetic;
 
 pub use pipeline::{
     FaceDetectorMode, FaceResult, HandResult, Perception, PerceptionOptions, PerceptionResult,
