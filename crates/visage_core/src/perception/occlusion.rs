@@ -178,6 +178,9 @@ struct Evidence {
     hands: Vec<f32>,
     person: Vec<f32>,
     residual: Vec<f32>,
+    /// Whether a cell has residual evidence (then the fitted face, a better model of the
+    /// face's appearance than the skin model, outweighs the appearance term).
+    has_residual: Vec<bool>,
 }
 
 /// The occlusion mask of one face, with the face region it covers and the evidence behind
@@ -226,7 +229,7 @@ impl Occlusion {
         .collect();
         let face_width = dist(pts[234], pts[454]).max(1.0);
         // Eyelashes, eyeliner and brow hair reach past the contours.
-        let feature_margin = 0.03 * face_width;
+        let feature_margin = 0.04 * face_width;
         let mut zones = vec![Zone::Outside; n];
         let mut face_values = vec![0.0f32; n];
         for j in 0..grid.height {
@@ -318,6 +321,7 @@ impl Occlusion {
                 hands: hands_lo,
                 person: person_lo,
                 residual: vec![0.0; n],
+                has_residual: vec![false; n],
             },
             options: options.clone(),
             face_width_cells: face_width / grid.cell as f32,
@@ -331,7 +335,8 @@ impl Occlusion {
     /// visible, cells it does not (a uniform outlier density on `[0, outlier_range]`) lean
     /// occluded. `residual(x, y)` gives the absolute residual (any consistent unit, e.g.
     /// linear RGB averaged over channels) at a photo pixel, or `None` where the fit rendered
-    /// nothing; it replaces earlier residual evidence.
+    /// nothing; it replaces earlier residual evidence. Where residuals exist they outweigh
+    /// the skin-colour evidence (its log-odds are scaled by a quarter); hand evidence stays.
     pub fn refine_with_residuals(
         &mut self,
         residual: impl Fn(u32, u32) -> Option<f32>,
@@ -344,6 +349,7 @@ impl Occlusion {
         let (w, cell) = (self.face.width, self.face.cell);
         for k in 0..self.zones.len() {
             self.evidence.residual[k] = 0.0;
+            self.evidence.has_residual[k] = false;
             if self.zones[k] == Zone::Outside {
                 continue;
             }
@@ -363,6 +369,7 @@ impl Occlusion {
                 let r = sum / count as f32;
                 let log_face = log_gauss0 - 0.5 * (r / sigma).powi(2);
                 self.evidence.residual[k] = (log_uniform - log_face).clamp(-6.0, 6.0);
+                self.evidence.has_residual[k] = true;
             }
         }
         self.solve();
@@ -401,9 +408,10 @@ impl Occlusion {
     }
 
     /// Visibility in `[0, 1]` of points given in photo pixels (e.g. the 468 landmarks):
-    /// one minus the occlusion probability around the point (the mean over the 3 × 3 cells
-    /// centred on it), and 0 for points outside the photo window the mask covers when they
-    /// are outside the photo itself (`photo_size`).
+    /// one minus the occlusion probability around the point (the mean over the face-region
+    /// part of the 3 × 3 cells centred on it, so that points on the face's outline are
+    /// judged by the face side), 1 for points away from the face region, and 0 for points
+    /// outside the photo (`photo_size`).
     pub fn visibility(&self, points: &[[f32; 3]], photo_size: (u32, u32)) -> Vec<f32> {
         let c = self.occluded.cell as f32;
         points
@@ -416,13 +424,26 @@ impl Occlusion {
                 {
                     return 0.0;
                 }
-                let mut s = 0.0;
-                for dy in [-1.0f32, 0.0, 1.0] {
-                    for dx in [-1.0f32, 0.0, 1.0] {
-                        s += self.occluded.sample(p[0] + dx * c, p[1] + dy * c);
+                // The 3 × 3 cells around the point; for points just outside the face region
+                // (FaceMesh puts far-side points of a turned face there), 7 × 7.
+                let (mut occ, mut face) = (0.0, 0.0);
+                for r in [1i32, 3] {
+                    for dy in -r..=r {
+                        for dx in -r..=r {
+                            let (x, y) = (p[0] + dx as f32 * c, p[1] + dy as f32 * c);
+                            occ += self.occluded.sample(x, y);
+                            face += self.face.sample(x, y);
+                        }
+                    }
+                    if face > 0.0 {
+                        break;
                     }
                 }
-                1.0 - s / 9.0
+                if face > 0.0 {
+                    (1.0 - occ / face).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                }
             })
             .collect()
     }
@@ -493,7 +514,16 @@ impl Occlusion {
             } else {
                 vec![0.0; n]
             };
-            let unary: Vec<f32> = (0..n).map(|k| fixed[k] + appearance[k]).collect();
+            let unary: Vec<f32> = (0..n)
+                .map(|k| {
+                    let w = if self.evidence.has_residual[k] {
+                        RESIDUAL_APPEARANCE_WEIGHT
+                    } else {
+                        1.0
+                    };
+                    fixed[k] + w * appearance[k]
+                })
+                .collect();
             mean_field(
                 &mut q,
                 &unary,
@@ -515,6 +545,8 @@ const LOG_UNIFORM: f32 = -5.19;
 /// Log density of "anything an eye, brow or lip may look like": twenty times the uniform.
 const LOG_FEATURE_DENSITY: f32 = LOG_UNIFORM + 3.0;
 const LN_2: f32 = std::f32::consts::LN_2;
+/// Weight of the appearance evidence where photometric residuals exist.
+const RESIDUAL_APPEARANCE_WEIGHT: f32 = 0.25;
 /// Linear-light offset that keeps dark pixels' chromaticity finite (and near grey).
 const DARK: f32 = 0.002;
 
@@ -672,7 +704,7 @@ struct SkinModel {
 
 /// The log-luminance band around the shading field the skin may take without penalty:
 /// shadows down to `SHADOW`, highlights up to `HIGHLIGHT`.
-const SHADOW: f64 = -0.9;
+const SHADOW: f64 = -1.2;
 const HIGHLIGHT: f64 = 0.45;
 const BAND_TAIL: f64 = 0.15;
 
