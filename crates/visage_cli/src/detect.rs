@@ -41,6 +41,7 @@ pub fn run(
         let q = photo.to_original([p[0] as f64, p[1] as f64]);
         [(q[0] * 10.0).round() / 10.0, (q[1] * 10.0).round() / 10.0]
     };
+    let size = (photo.width(), photo.height());
     let faces: Vec<_> = found
         .faces
         .iter()
@@ -53,6 +54,9 @@ pub fn run(
                 "landmarks": f.landmarks.as_ref().map(|l| l.points.iter().map(|p| orig([p[0], p[1]])).collect::<Vec<_>>()),
                 "presence": f.landmarks.as_ref().map(|l| l.presence),
                 "iris_centres": f.iris_centers().map(|c| [orig(c[0]), orig(c[1])]),
+                "visibility": f.visibility.as_ref().map(|v| v.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>()),
+                "iris_visibility": f.iris_visibility(size).map(|v| v.map(|x| (x * 100.0).round() / 100.0)),
+                "occluded_fraction": f.occlusion.as_ref().map(|o| (o.occluded_fraction() * 1000.0).round() / 1000.0),
             })
         })
         .collect();
@@ -75,6 +79,7 @@ pub fn run(
         "palm_detection_ms": ms(t.palm_detection),
         "hand_landmarks_ms": ms(t.hand_landmarks),
         "segmentation_ms": ms(t.segmentation),
+        "occlusion_ms": ms(t.occlusion),
         "total_ms": ms(t.total),
     });
 
@@ -146,12 +151,27 @@ pub fn run(
             .ok();
         }
         writeln!(o).ok();
+        if let (Some(occ), Some(vis)) = (&f.occlusion, &f.visibility) {
+            let hidden = vis.iter().filter(|&&v| v < 0.5).count();
+            write!(
+                o,
+                "            occluded {:.1} % of the face region, {hidden} of {} landmarks hidden",
+                occ.occluded_fraction() * 100.0,
+                vis.len()
+            )
+            .ok();
+            if let Some(iv) = f.iris_visibility(size) {
+                let state = |v: f32| if v < 0.5 { "hidden" } else { "visible" };
+                write!(o, ", irises {} / {}", state(iv[0]), state(iv[1])).ok();
+            }
+            writeln!(o).ok();
+        }
     }
     writeln!(o, "hands       {}", found.hands.len()).ok();
     writeln!(
         o,
-        "timings     detection {} ms, mesh {} ms, iris {} ms, palms {} ms, hands {} ms, segmentation {} ms, total {} ms",
-        ms(t.face_detection), ms(t.face_mesh), ms(t.iris), ms(t.palm_detection), ms(t.hand_landmarks), ms(t.segmentation), ms(t.total)
+        "timings     detection {} ms, mesh {} ms, iris {} ms, palms {} ms, hands {} ms, segmentation {} ms, occlusion {} ms, total {} ms",
+        ms(t.face_detection), ms(t.face_mesh), ms(t.iris), ms(t.palm_detection), ms(t.hand_landmarks), ms(t.segmentation), ms(t.occlusion), ms(t.total)
     )
     .ok();
     if let Some(out) = overlay {
@@ -181,6 +201,29 @@ fn dot(img: &mut RgbImage, p: [f32; 2], r: i32, colour: Rgb<u8>) {
 fn draw_overlay(photo: &Photo, found: &visage_core::perception::PerceptionResult) -> RgbImage {
     let mut img = photo.to_rgb_image();
     let r = ((img.width().max(img.height()) as f32) / 600.0).ceil() as i32;
+    // Occluded face pixels tinted magenta by their probability, the rest of the face
+    // region slightly green.
+    for f in &found.faces {
+        let Some(occ) = &f.occlusion else { continue };
+        let (m, face) = (occ.occluded(), occ.face_mask());
+        let x1 = (m.x0 + m.cell * m.width as u32).min(img.width());
+        let y1 = (m.y0 + m.cell * m.height as u32).min(img.height());
+        for y in m.y0..y1 {
+            for x in m.x0..x1 {
+                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+                if face.sample(px, py) < 0.5 {
+                    continue;
+                }
+                let a = m.sample(px, py).clamp(0.0, 1.0);
+                let tint = [255.0 * a, 255.0 * (1.0 - a), 255.0 * a];
+                let k = 0.15 + 0.35 * a;
+                let p = img.get_pixel_mut(x, y);
+                for c in 0..3 {
+                    p.0[c] = (p.0[c] as f32 * (1.0 - k) + tint[c] * k).round() as u8;
+                }
+            }
+        }
+    }
     for f in &found.faces {
         let b = f.detection.bbox;
         let steps = 200;
@@ -196,8 +239,14 @@ fn draw_overlay(photo: &Photo, found: &visage_core::perception::PerceptionResult
             }
         }
         if let Some(l) = &f.landmarks {
-            for p in &l.points {
-                dot(&mut img, [p[0], p[1]], r, Rgb([0, 255, 120]));
+            for (i, p) in l.points.iter().enumerate() {
+                let visible = f.visibility.as_ref().is_none_or(|v| v[i] >= 0.5);
+                let colour = if visible {
+                    Rgb([0, 255, 120])
+                } else {
+                    Rgb([255, 0, 200])
+                };
+                dot(&mut img, [p[0], p[1]], r, colour);
             }
         }
         if let Some(c) = f.iris_centers() {

@@ -13,6 +13,10 @@
 //! | [`hand_landmark`] | hand landmarks (lite) | 224² hand crop | 21 landmarks, presence, handedness |
 //! | [`selfie`] | selfie segmentation (general) | 256² photo | person mask |
 //!
+//! [`occlusion`] turns the landmarks, hands and person mask into an occlusion mask and
+//! per-landmark visibility; [`Perception::observe`] returns an [`Observation`], the input of
+//! fitting.
+//!
 //! [`Perception`] chains them the way MediaPipe's graphs do (detection → rotated ROI →
 //! landmarks → eye ROIs → iris; palms → hand ROIs → hand landmarks; person mask) and returns
 //! everything in photo pixel coordinates, with per-network timings.
@@ -28,6 +32,7 @@ pub mod face_mesh;
 pub mod hand_landmark;
 pub mod identity;
 pub mod iris;
+pub mod occlusion;
 pub mod ops;
 pub mod palm;
 pub mod pipeline;
@@ -35,9 +40,10 @@ pub mod roi;
 pub mod selfie;
 pub mod synthetic;
 
+pub use occlusion::{Occlusion, OcclusionOptions, PixelMap, face_region};
 pub use pipeline::{
-    FaceDetectorMode, FaceResult, HandResult, Perception, PerceptionOptions, PerceptionResult,
-    Timings,
+    FaceDetectorMode, FaceResult, HandResult, Observation, Perception, PerceptionOptions,
+    PerceptionResult, Timings,
 };
 
 use std::path::{Path, PathBuf};
@@ -67,6 +73,23 @@ pub enum PerceptionError {
     /// The photo cannot be processed.
     #[error("the photo cannot be used: {0}")]
     InvalidImage(String),
+    /// The photo shows no face the landmark network accepts.
+    #[error(
+        "no face was found in the photo ({detections} face detections, none with landmarks); use a photo where one face is clearly visible, at least about 64 pixels wide"
+    )]
+    NoFace {
+        /// How many detections there were (faces too small, too turned or too occluded for
+        /// the landmark network).
+        detections: usize,
+    },
+    /// The chosen face does not exist or has no landmarks.
+    #[error(
+        "face {index} cannot be chosen: it does not exist or has no landmarks (only the largest faces get landmarks; raise `max_faces`)"
+    )]
+    FaceWithoutLandmarks {
+        /// The index asked for.
+        index: usize,
+    },
     /// A tensor operation failed while running a network.
     #[error("a perception network failed while running: {0}")]
     Compute(#[from] candle_core::Error),

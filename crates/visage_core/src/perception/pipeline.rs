@@ -16,10 +16,11 @@ use super::blazeface::{self, FaceDetection};
 use super::face_mesh::{self, FaceLandmarks};
 use super::hand_landmark::{self, HandLandmarks};
 use super::iris::{self, EyeLandmarks, LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS};
+use super::occlusion::{Occlusion, OcclusionOptions};
 use super::palm::{self, PalmDetection};
 use super::roi::RotatedRect;
 use super::selfie::{self, PersonMask};
-use super::{Result, check_image, default_nets_dir};
+use super::{PerceptionError, Result, check_image, default_nets_dir};
 
 /// Which face detector [`Perception`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +49,8 @@ pub struct PerceptionOptions {
     pub max_hands: usize,
     /// Compute the person mask.
     pub segmentation: bool,
+    /// Estimate each face's occlusion mask and landmark visibility (`None` skips it).
+    pub occlusion: Option<OcclusionOptions>,
 }
 
 impl Default for PerceptionOptions {
@@ -59,6 +62,7 @@ impl Default for PerceptionOptions {
             hands: true,
             max_hands: 2,
             segmentation: true,
+            occlusion: Some(OcclusionOptions::default()),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct Timings {
     pub hand_landmarks: Duration,
     /// Selfie segmentation.
     pub segmentation: Duration,
+    /// Occlusion masks of all faces.
+    pub occlusion: Duration,
     /// The whole run.
     pub total: Duration,
 }
@@ -95,9 +101,32 @@ pub struct FaceResult {
     pub landmarks: Option<FaceLandmarks>,
     /// `[right eye, left eye]` (the subject's), when iris is enabled and landmarks exist.
     pub eyes: Option<[EyeLandmarks; 2]>,
+    /// The occlusion mask, when enabled and landmarks exist.
+    pub occlusion: Option<Occlusion>,
+    /// Visibility in `[0, 1]` of each of the 468 landmarks (the occlusion mask sampled
+    /// there; 0 outside the photo), when the occlusion mask exists.
+    pub visibility: Option<Vec<f32>>,
 }
 
 impl FaceResult {
+    /// Whether this face has landmarks that pass FaceMesh's presence threshold.
+    pub fn has_landmarks(&self) -> bool {
+        self.landmarks
+            .as_ref()
+            .is_some_and(|l| l.presence >= face_mesh::Config::default().min_presence)
+    }
+
+    /// Visibility `[right, left]` of the iris centres (the occlusion mask sampled there),
+    /// when both exist.
+    pub fn iris_visibility(&self, photo_size: (u32, u32)) -> Option<[f32; 2]> {
+        let (c, o) = (self.iris_centers()?, self.occlusion.as_ref()?);
+        let v = o.visibility(
+            &[[c[0][0], c[0][1], 0.0], [c[1][0], c[1][1], 0.0]],
+            photo_size,
+        );
+        Some([v[0], v[1]])
+    }
+
     /// Iris centres `[right, left]` (the subject's) in photo pixels, when computed.
     pub fn iris_centers(&self) -> Option<[[f32; 2]; 2]> {
         self.eyes.as_ref().map(|e| {
@@ -204,10 +233,13 @@ impl Perception {
 
     /// Runs everything the options ask for on one photo (8-bit sRGB).
     pub fn run(&self, photo: &RgbImage) -> Result<PerceptionResult> {
+        self.run_with(photo, &self.options)
+    }
+
+    fn run_with(&self, photo: &RgbImage, o: &PerceptionOptions) -> Result<PerceptionResult> {
         check_image(photo)?;
         let start = Instant::now();
         let mut timings = Timings::default();
-        let o = &self.options;
 
         let t = Instant::now();
         let detections = self.detect_faces(photo)?;
@@ -243,6 +275,8 @@ impl Perception {
                 roi,
                 landmarks,
                 eyes,
+                occlusion: None,
+                visibility: None,
             });
         }
         timings.iris = t.elapsed();
@@ -278,6 +312,18 @@ impl Perception {
         } else {
             None
         };
+        if let Some(options) = &o.occlusion {
+            let t = Instant::now();
+            let size = photo.dimensions();
+            for face in &mut faces {
+                if let Some(lm) = face.landmarks.as_ref() {
+                    let occ = Occlusion::estimate(photo, lm, &hands, person_mask.as_ref(), options);
+                    face.visibility = Some(occ.visibility(&lm.points, size));
+                    face.occlusion = Some(occ);
+                }
+            }
+            timings.occlusion = t.elapsed();
+        }
         timings.total = start.elapsed();
         Ok(PerceptionResult {
             faces,
@@ -285,5 +331,117 @@ impl Perception {
             person_mask,
             timings,
         })
+    }
+}
+
+/// One photo prepared for fitting: the photo, everything perception found in it, and the
+/// face chosen for reconstruction (its landmarks, their visibility, the face region and
+/// the occlusion mask).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The 8-bit sRGB photo the networks saw (coordinates are its pixels).
+    pub image: RgbImage,
+    /// Everything found in the photo (all faces, hands, the person mask, timings).
+    pub perception: PerceptionResult,
+    /// Index of the chosen face in `perception.faces`.
+    pub face_index: usize,
+}
+
+impl Observation {
+    /// Chooses the largest face with landmarks; [`PerceptionError::NoFace`] when there is
+    /// none.
+    pub fn new(image: RgbImage, perception: PerceptionResult) -> Result<Self> {
+        let index = perception
+            .faces
+            .iter()
+            .position(|f| f.has_landmarks())
+            .ok_or(PerceptionError::NoFace {
+                detections: perception.faces.len(),
+            })?;
+        Ok(Self {
+            image,
+            perception,
+            face_index: index,
+        })
+    }
+
+    /// Chooses another face (an index into `perception.faces`); an error when it does not
+    /// exist or has no landmarks (raise [`PerceptionOptions::max_faces`] to get landmarks
+    /// for more faces).
+    pub fn choose_face(&mut self, index: usize) -> Result<()> {
+        match self.perception.faces.get(index) {
+            Some(f) if f.has_landmarks() && f.occlusion.is_some() => {
+                self.face_index = index;
+                Ok(())
+            }
+            Some(_) => Err(PerceptionError::FaceWithoutLandmarks { index }),
+            None => Err(PerceptionError::FaceWithoutLandmarks { index }),
+        }
+    }
+
+    /// The chosen face.
+    pub fn face(&self) -> &FaceResult {
+        &self.perception.faces[self.face_index]
+    }
+
+    /// The chosen face's 468 landmarks (photo pixels).
+    pub fn landmarks(&self) -> &FaceLandmarks {
+        self.face()
+            .landmarks
+            .as_ref()
+            .expect("an observation's face has landmarks")
+    }
+
+    /// The chosen face's occlusion mask and face region.
+    pub fn occlusion(&self) -> &Occlusion {
+        self.face()
+            .occlusion
+            .as_ref()
+            .expect("an observation's face has an occlusion mask")
+    }
+
+    /// Visibility in `[0, 1]` of each of the 468 landmarks.
+    pub fn visibility(&self) -> &[f32] {
+        self.face()
+            .visibility
+            .as_deref()
+            .expect("an observation's face has landmark visibility")
+    }
+
+    /// Mutable access to the chosen face's occlusion mask (to refine it from photometric
+    /// residuals); call [`Observation::update_visibility`] afterwards.
+    pub fn occlusion_mut(&mut self) -> &mut Occlusion {
+        self.perception.faces[self.face_index]
+            .occlusion
+            .as_mut()
+            .expect("an observation's face has an occlusion mask")
+    }
+
+    /// Recomputes the landmark visibility from the (refined) occlusion mask.
+    pub fn update_visibility(&mut self) {
+        let size = self.image.dimensions();
+        let v = self.occlusion().visibility(&self.landmarks().points, size);
+        self.perception.faces[self.face_index].visibility = Some(v);
+    }
+}
+
+impl Perception {
+    /// Runs perception on a photo and chooses the face to reconstruct (the largest with
+    /// landmarks), with its occlusion mask and landmark visibility. The occlusion mask is
+    /// computed with the options' [`OcclusionOptions`], or the defaults when they are off.
+    pub fn observe(&self, photo: &RgbImage) -> Result<Observation> {
+        let result = if self.options.occlusion.is_some() {
+            self.run(photo)?
+        } else {
+            let mut p = self.options.clone();
+            p.occlusion = Some(OcclusionOptions::default());
+            self.run_with(photo, &p)?
+        };
+        Observation::new(photo.clone(), result)
+    }
+
+    /// [`Perception::observe`] on an ingested [`Photo`](crate::photo::Photo).
+    pub fn observe_photo(&self, photo: &crate::photo::Photo) -> Result<Observation> {
+        self.observe(&photo.to_rgb_image())
     }
 }

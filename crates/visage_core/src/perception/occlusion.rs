@@ -1,0 +1,1266 @@
+//! The occlusion mask: which pixels of the face region do not show the face.
+//!
+//! No shippable face-parsing network exists, and FaceMesh reports no per-landmark
+//! visibility (it draws plausible eyes under an opaque bar), so the mask is built from
+//! evidence, as in occlusion-aware 3DMM fitting:
+//!
+//! - **Hands**: each detected hand's 21 landmarks become a filled silhouette (palm polygon
+//!   and one capsule per finger bone). A hand over the face region is in front of it.
+//! - **Person mask**: face-region pixels the selfie segmentation calls background are not
+//!   face (the face oval overshoots the head, or an object is in front of it).
+//! - **Appearance**: a robust model of the visible skin — one chromaticity (a Gaussian in
+//!   log-chromaticity) times a smooth shading field (a quadratic in face coordinates for
+//!   log-luminance) — fitted with Tukey-weighted IRLS from the mode of a skin-locus
+//!   weighted chromaticity histogram, competes against a colour model of the occluder
+//!   (a Gaussian mixture fitted to the cells currently believed occluded) and a uniform
+//!   outlier density. Eyes, brows, lips and the mouth are expected *not* to look like skin:
+//!   there the face hypothesis is a broad density, and only an occluder model that explains
+//!   the pixels better marks them occluded (sunglasses over an eye, a mask over the lips).
+//!
+//! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
+//! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
+//! models (EM). [`Occlusion::refine_with_residuals`] adds the fitting stage's photometric
+//! residuals as one more log-odds term and solves again (occlusion-aware fitting).
+//!
+//! Everything runs on a grid over the face's bounding box (at most
+//! [`OcclusionOptions::max_grid`] cells on the long side, whole photo pixels per cell), so
+//! the cost does not grow with the photo size. [`PixelMap::sample`] maps back to photo
+//! pixels.
+//!
+//! Landmark indices below are FaceMesh's (MediaPipe's `face_mesh_connections`, Apache-2.0).
+
+use image::{GrayImage, Luma, RgbImage};
+use nalgebra::{Matrix3, SMatrix, SVector, Vector3};
+
+use super::face_mesh::FaceLandmarks;
+use super::pipeline::HandResult;
+use super::selfie::PersonMask;
+use crate::photo::srgb_to_linear;
+
+/// The face oval, clockwise in the image starting at the top of the forehead.
+pub const FACE_OVAL: [usize; 36] = [
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+    148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+];
+/// The subject's right eye contour (image left in a frontal photo).
+pub const RIGHT_EYE: [usize; 16] = [
+    33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,
+];
+/// The subject's left eye contour.
+pub const LEFT_EYE: [usize; 16] = [
+    263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466,
+];
+/// The subject's right eyebrow (lower edge, then upper edge back).
+pub const RIGHT_BROW: [usize; 10] = [46, 53, 52, 65, 55, 107, 66, 105, 63, 70];
+/// The subject's left eyebrow (lower edge, then upper edge back).
+pub const LEFT_BROW: [usize; 10] = [276, 283, 282, 295, 285, 336, 296, 334, 293, 300];
+/// The outer lip contour.
+pub const LIPS_OUTER: [usize; 20] = [
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
+];
+/// The inner lip contour (the mouth opening).
+pub const LIPS_INNER: [usize; 20] = [
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
+];
+
+/// Settings of [`Occlusion::estimate`]. The defaults are what `docs/perception.md` measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OcclusionOptions {
+    /// Longest side of the working grid, cells (the face box is divided into whole-pixel
+    /// cells so that it has at most this many along its longer side).
+    pub max_grid: usize,
+    /// Prior log-odds of a face pixel being occluded.
+    pub prior_log_odds: f32,
+    /// Log-odds added at full hand-silhouette coverage.
+    pub hand_weight: f32,
+    /// Weight of the person-mask evidence (log-odds per unit of `log((1-p)/p)`, applied where
+    /// the person probability is below one half).
+    pub person_weight: f32,
+    /// Use the appearance model (skin versus occluder colours).
+    pub appearance: bool,
+    /// Strength of the neighbour agreement in the mean-field smoothing (log-odds).
+    pub smoothness: f32,
+    /// Radius of the smoothing neighbourhood as a fraction of the face width.
+    pub smoothing_radius: f32,
+    /// EM rounds (re-fit the colour models, then smooth).
+    pub rounds: usize,
+}
+
+impl Default for OcclusionOptions {
+    fn default() -> Self {
+        Self {
+            max_grid: 192,
+            prior_log_odds: -1.0,
+            hand_weight: 8.0,
+            person_weight: 1.0,
+            appearance: true,
+            smoothness: 3.0,
+            smoothing_radius: 0.025,
+            rounds: 5,
+        }
+    }
+}
+
+/// A scalar map over an axis-aligned window of the photo, one value per square cell of
+/// `cell` × `cell` photo pixels; zero outside the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelMap {
+    /// Photo pixel column of the window's left edge.
+    pub x0: u32,
+    /// Photo pixel row of the window's top edge.
+    pub y0: u32,
+    /// Photo pixels per cell side.
+    pub cell: u32,
+    /// Cells across.
+    pub width: usize,
+    /// Cells down.
+    pub height: usize,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+impl PixelMap {
+    /// The value at a photo position (pixel centres at `x + 0.5`), bilinear between cell
+    /// centres, zero outside the window.
+    pub fn sample(&self, x: f32, y: f32) -> f32 {
+        let c = self.cell as f32;
+        let gx = (x - self.x0 as f32) / c;
+        let gy = (y - self.y0 as f32) / c;
+        if !(gx >= 0.0 && gy >= 0.0 && gx <= self.width as f32 && gy <= self.height as f32) {
+            return 0.0;
+        }
+        let fx = (gx - 0.5).clamp(0.0, (self.width - 1) as f32);
+        let fy = (gy - 0.5).clamp(0.0, (self.height - 1) as f32);
+        let (ix, iy) = (fx.floor() as usize, fy.floor() as usize);
+        let (jx, jy) = ((ix + 1).min(self.width - 1), (iy + 1).min(self.height - 1));
+        let (tx, ty) = (fx - ix as f32, fy - iy as f32);
+        let v = |xx: usize, yy: usize| self.values[yy * self.width + xx];
+        let top = v(ix, iy) + (v(jx, iy) - v(ix, iy)) * tx;
+        let bot = v(ix, jy) + (v(jx, jy) - v(ix, jy)) * tx;
+        top + (bot - top) * ty
+    }
+
+    /// The map at the photo's size as an 8-bit image (255 = 1.0).
+    pub fn to_photo_size(&self, width: u32, height: u32) -> GrayImage {
+        GrayImage::from_fn(width, height, |x, y| {
+            let v = self.sample(x as f32 + 0.5, y as f32 + 0.5);
+            Luma([(v * 255.0).round().clamp(0.0, 255.0) as u8])
+        })
+    }
+
+    /// Cell `(i, j)` (column, row) value.
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.values[j * self.width + i]
+    }
+
+    /// The photo position of cell `(i, j)`'s centre.
+    pub fn cell_center(&self, i: usize, j: usize) -> [f32; 2] {
+        let c = self.cell as f32;
+        [
+            self.x0 as f32 + (i as f32 + 0.5) * c,
+            self.y0 as f32 + (j as f32 + 0.5) * c,
+        ]
+    }
+}
+
+/// What a grid cell is expected to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zone {
+    Outside,
+    Skin,
+    /// Eyes, brows, lips, mouth: expected not to look like skin.
+    Feature,
+}
+
+/// The per-cell log-odds contributions, kept so that more evidence can be added later.
+#[derive(Debug, Clone, PartialEq)]
+struct Evidence {
+    hands: Vec<f32>,
+    person: Vec<f32>,
+    residual: Vec<f32>,
+    /// Whether a cell has residual evidence (then the fitted face, a better model of the
+    /// face's appearance than the skin model, outweighs the appearance term).
+    has_residual: Vec<bool>,
+}
+
+/// The occlusion mask of one face, with the face region it covers and the evidence behind
+/// it. See the [module documentation](self).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Occlusion {
+    face: PixelMap,
+    occluded: PixelMap,
+    hands: PixelMap,
+    zones: Vec<Zone>,
+    /// Linear-light colour features per cell (log-chromaticity ×2, log-luminance).
+    features: Vec<[f32; 3]>,
+    /// Face coordinates per cell (eye line horizontal, face width 1).
+    coords: Vec<[f32; 2]>,
+    evidence: Evidence,
+    options: OcclusionOptions,
+    face_width_cells: f32,
+}
+
+impl Occlusion {
+    /// Estimates the occlusion mask of one face from its 468 landmarks (photo pixels), the
+    /// hands found in the same photo and the person mask, on the 8-bit sRGB photo the
+    /// landmarks were computed on.
+    pub fn estimate(
+        photo: &RgbImage,
+        face: &FaceLandmarks,
+        hands: &[HandResult],
+        person: Option<&PersonMask>,
+        options: &OcclusionOptions,
+    ) -> Occlusion {
+        let pts: Vec<[f32; 2]> = face.points.iter().map(|p| [p[0], p[1]]).collect();
+        let grid = Grid::new(photo, &pts, options.max_grid);
+        let n = grid.width * grid.height;
+
+        // Zones.
+        let oval = polygon(&pts, &FACE_OVAL);
+        let features: Vec<Vec<[f32; 2]>> = [
+            &RIGHT_EYE[..],
+            &LEFT_EYE[..],
+            &RIGHT_BROW[..],
+            &LEFT_BROW[..],
+            &LIPS_OUTER[..],
+        ]
+        .iter()
+        .map(|idx| polygon(&pts, idx))
+        .collect();
+        let face_width = dist(pts[234], pts[454]).max(1.0);
+        // Eyelashes, eyeliner and brow hair reach past the contours.
+        let feature_margin = 0.04 * face_width;
+        let mut zones = vec![Zone::Outside; n];
+        let mut face_values = vec![0.0f32; n];
+        for j in 0..grid.height {
+            for i in 0..grid.width {
+                let p = grid.center(i, j);
+                if !inside(&oval, p) {
+                    continue;
+                }
+                let k = j * grid.width + i;
+                face_values[k] = 1.0;
+                zones[k] = if features
+                    .iter()
+                    .any(|poly| inside(poly, p) || edge_distance(poly, p) < feature_margin)
+                {
+                    Zone::Feature
+                } else {
+                    Zone::Skin
+                };
+            }
+        }
+
+        // Face coordinates: origin between the eyes' outer corners' midpoint and the chin,
+        // x along the eye line, unit = face width.
+        let (ex, ey) = {
+            let (a, b) = (pts[33], pts[263]);
+            let l = dist(a, b).max(1e-3);
+            (
+                [(b[0] - a[0]) / l, (b[1] - a[1]) / l],
+                [-(b[1] - a[1]) / l, (b[0] - a[0]) / l],
+            )
+        };
+        let origin = {
+            let c = centroid(&oval);
+            [c[0], c[1]]
+        };
+        let coords: Vec<[f32; 2]> = (0..n)
+            .map(|k| {
+                let p = grid.center(k % grid.width, k / grid.width);
+                let d = [p[0] - origin[0], p[1] - origin[1]];
+                [
+                    (d[0] * ex[0] + d[1] * ex[1]) / face_width,
+                    (d[0] * ey[0] + d[1] * ey[1]) / face_width,
+                ]
+            })
+            .collect();
+
+        // Hands.
+        let mut hand_cov = vec![0.0f32; n];
+        for hand in hands {
+            let s = HandShape::new(&hand.landmarks.points);
+            for j in 0..grid.height {
+                for i in 0..grid.width {
+                    let k = j * grid.width + i;
+                    if zones[k] == Zone::Outside {
+                        continue;
+                    }
+                    let c = s.coverage(grid.center(i, j), grid.cell as f32);
+                    hand_cov[k] = hand_cov[k].max(c);
+                }
+            }
+        }
+        let hands_lo: Vec<f32> = hand_cov.iter().map(|c| c * options.hand_weight).collect();
+
+        // Person mask.
+        let person_lo: Vec<f32> = (0..n)
+            .map(|k| {
+                let Some(m) = person else { return 0.0 };
+                if zones[k] == Zone::Outside {
+                    return 0.0;
+                }
+                let p = grid.center(k % grid.width, k / grid.width);
+                let v = m.sample(p[0], p[1]).clamp(0.02, 0.98);
+                if v < 0.5 {
+                    options.person_weight * ((1.0 - v) / v).ln()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+
+        let mut occ = Occlusion {
+            face: grid.map(face_values.clone()),
+            occluded: grid.map(vec![0.0; n]),
+            hands: grid.map(hand_cov),
+            zones,
+            features: grid.features,
+            coords,
+            evidence: Evidence {
+                hands: hands_lo,
+                person: person_lo,
+                residual: vec![0.0; n],
+                has_residual: vec![false; n],
+            },
+            options: options.clone(),
+            face_width_cells: face_width / grid.cell as f32,
+        };
+        occ.solve();
+        occ
+    }
+
+    /// Adds the photometric residuals of a fitted face as evidence and solves again: cells
+    /// whose mean residual the face explains (a Gaussian of standard deviation `sigma`) lean
+    /// visible, cells it does not (a uniform outlier density on `[0, outlier_range]`) lean
+    /// occluded. `residual(x, y)` gives the absolute residual (any consistent unit, e.g.
+    /// linear RGB averaged over channels) at a photo pixel, or `None` where the fit rendered
+    /// nothing; it replaces earlier residual evidence. Where residuals exist they outweigh
+    /// the skin-colour evidence (its log-odds are scaled by a quarter); hand evidence stays.
+    pub fn refine_with_residuals(
+        &mut self,
+        residual: impl Fn(u32, u32) -> Option<f32>,
+        sigma: f32,
+        outlier_range: f32,
+    ) {
+        let sigma = sigma.max(1e-6);
+        let log_uniform = -(outlier_range.max(sigma)).ln();
+        let log_gauss0 = -(sigma * (std::f32::consts::TAU).sqrt()).ln();
+        let (w, cell) = (self.face.width, self.face.cell);
+        for k in 0..self.zones.len() {
+            self.evidence.residual[k] = 0.0;
+            self.evidence.has_residual[k] = false;
+            if self.zones[k] == Zone::Outside {
+                continue;
+            }
+            let (i, j) = ((k % w) as u32, (k / w) as u32);
+            let (mut sum, mut count) = (0.0f32, 0u32);
+            for y in 0..cell {
+                for x in 0..cell {
+                    let px = self.face.x0 + i * cell + x;
+                    let py = self.face.y0 + j * cell + y;
+                    if let Some(r) = residual(px, py) {
+                        sum += r.abs();
+                        count += 1;
+                    }
+                }
+            }
+            if count > 0 {
+                let r = sum / count as f32;
+                let log_face = log_gauss0 - 0.5 * (r / sigma).powi(2);
+                self.evidence.residual[k] = (log_uniform - log_face).clamp(-6.0, 6.0);
+                self.evidence.has_residual[k] = true;
+            }
+        }
+        self.solve();
+    }
+
+    /// Probability that each cell is occluded, zero outside the face region.
+    pub fn occluded(&self) -> &PixelMap {
+        &self.occluded
+    }
+
+    /// The face region (1 inside the FaceMesh face oval, 0 outside).
+    pub fn face_mask(&self) -> &PixelMap {
+        &self.face
+    }
+
+    /// Coverage of the cells by detected hands' silhouettes, in `[0, 1]`.
+    pub fn hand_coverage(&self) -> &PixelMap {
+        &self.hands
+    }
+
+    /// The options the mask was estimated with.
+    pub fn options(&self) -> &OcclusionOptions {
+        &self.options
+    }
+
+    /// The occluded share of the face region's area, in `[0, 1]`.
+    pub fn occluded_fraction(&self) -> f32 {
+        let (mut occ, mut face) = (0.0f32, 0.0f32);
+        for (k, z) in self.zones.iter().enumerate() {
+            if *z != Zone::Outside {
+                face += 1.0;
+                occ += (self.occluded.values[k] > 0.5) as u8 as f32;
+            }
+        }
+        if face > 0.0 { occ / face } else { 0.0 }
+    }
+
+    /// Visibility in `[0, 1]` of points given in photo pixels (e.g. the 468 landmarks):
+    /// one minus the occlusion probability around the point (the mean over the face-region
+    /// part of the 3 × 3 cells centred on it, so that points on the face's outline are
+    /// judged by the face side), 1 for points away from the face region, and 0 for points
+    /// outside the photo (`photo_size`).
+    pub fn visibility(&self, points: &[[f32; 3]], photo_size: (u32, u32)) -> Vec<f32> {
+        let c = self.occluded.cell as f32;
+        points
+            .iter()
+            .map(|p| {
+                if !(p[0] >= 0.0
+                    && p[1] >= 0.0
+                    && p[0] < photo_size.0 as f32
+                    && p[1] < photo_size.1 as f32)
+                {
+                    return 0.0;
+                }
+                // The 3 × 3 cells around the point; for points just outside the face region
+                // (FaceMesh puts far-side points of a turned face there), 7 × 7.
+                let (mut occ, mut face) = (0.0, 0.0);
+                for r in [1i32, 3] {
+                    for dy in -r..=r {
+                        for dx in -r..=r {
+                            let (x, y) = (p[0] + dx as f32 * c, p[1] + dy as f32 * c);
+                            occ += self.occluded.sample(x, y);
+                            face += self.face.sample(x, y);
+                        }
+                    }
+                    if face > 0.0 {
+                        break;
+                    }
+                }
+                if face > 0.0 {
+                    (1.0 - occ / face).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the EM rounds: colour models from the current mask, evidence, mean-field.
+    fn solve(&mut self) {
+        let n = self.zones.len();
+        let o = self.options.clone();
+        let fixed: Vec<f32> = (0..n)
+            .map(|k| {
+                o.prior_log_odds
+                    + self.evidence.hands[k]
+                    + self.evidence.person[k]
+                    + self.evidence.residual[k]
+            })
+            .collect();
+        let mut q: Vec<f32> = fixed.iter().map(|&a| sigmoid(a)).collect();
+        for (k, z) in self.zones.iter().enumerate() {
+            if *z == Zone::Outside {
+                q[k] = 0.0;
+            }
+        }
+        let radius = (o.smoothing_radius * self.face_width_cells)
+            .round()
+            .max(1.0) as usize;
+        let rounds = if o.appearance { o.rounds.max(1) } else { 1 };
+        let mut skin: Option<SkinModel> = None;
+        for _ in 0..rounds {
+            let appearance: Vec<f32> = if o.appearance {
+                let s =
+                    SkinModel::fit(&self.features, &self.coords, &self.zones, &q, skin.as_ref());
+                // Occluder colours the skin model explains are not appearance evidence (a
+                // skin-coloured occluder is the hand detector's job): drop such components.
+                let occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
+                    g.components.retain(|c| {
+                        let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
+                        let near = self
+                            .coords
+                            .iter()
+                            .zip(&self.zones)
+                            .filter(|(_, z)| **z == Zone::Skin)
+                            .map(|(cc, _)| s.log_density(m, *cc))
+                            .fold(f32::MIN, f32::max);
+                        near < LOG_UNIFORM + 3.0
+                    });
+                    (!g.components.is_empty()).then_some(g)
+                });
+                let a = (0..n)
+                    .map(|k| {
+                        if self.zones[k] == Zone::Outside {
+                            return 0.0;
+                        }
+                        let f = self.features[k];
+                        let log_skin = s.log_density(f, self.coords[k]);
+                        let log_face = match self.zones[k] {
+                            Zone::Feature => log_add(log_skin, LOG_FEATURE_DENSITY) - LN_2,
+                            _ => log_skin,
+                        };
+                        let log_occ = match &occluder {
+                            Some(g) => log_add(g.log_density(f), LOG_UNIFORM) - LN_2,
+                            None => LOG_UNIFORM,
+                        };
+                        (log_occ - log_face).clamp(-8.0, 8.0)
+                    })
+                    .collect();
+                skin = Some(s);
+                a
+            } else {
+                vec![0.0; n]
+            };
+            let unary: Vec<f32> = (0..n)
+                .map(|k| {
+                    let w = if self.evidence.has_residual[k] {
+                        RESIDUAL_APPEARANCE_WEIGHT
+                    } else {
+                        1.0
+                    };
+                    fixed[k] + w * appearance[k]
+                })
+                .collect();
+            mean_field(
+                &mut q,
+                &unary,
+                &self.zones,
+                self.face.width,
+                self.face.height,
+                radius,
+                o.smoothness,
+                8,
+            );
+        }
+        self.occluded.values = q;
+    }
+}
+
+/// Log density of the uniform outlier model over the feature box
+/// (log-chromaticity in `[-3, 3]²`, log-luminance in `[-5, 0]`).
+const LOG_UNIFORM: f32 = -5.19;
+/// Log density of "anything an eye, brow or lip may look like": twenty times the uniform.
+const LOG_FEATURE_DENSITY: f32 = LOG_UNIFORM + 3.0;
+const LN_2: f32 = std::f32::consts::LN_2;
+/// Weight of the appearance evidence where photometric residuals exist.
+const RESIDUAL_APPEARANCE_WEIGHT: f32 = 0.25;
+/// Linear-light offset that keeps dark pixels' chromaticity finite (and near grey).
+const DARK: f32 = 0.002;
+
+fn sigmoid(a: f32) -> f32 {
+    1.0 / (1.0 + (-a).exp())
+}
+
+fn log_add(a: f32, b: f32) -> f32 {
+    let m = a.max(b);
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// Mean-field updates of a Potts model: `q = σ(unary + β·mean(2q − 1 over the box))`, the
+/// mean taken over face cells of a (2r+1)² box (via a summed-area table).
+#[allow(clippy::too_many_arguments)]
+fn mean_field(
+    q: &mut [f32],
+    unary: &[f32],
+    zones: &[Zone],
+    w: usize,
+    h: usize,
+    r: usize,
+    beta: f32,
+    iterations: usize,
+) {
+    let mut sat_v = vec![0.0f64; (w + 1) * (h + 1)];
+    let mut sat_c = vec![0.0f64; (w + 1) * (h + 1)];
+    for _ in 0..iterations {
+        for j in 0..h {
+            let (mut rv, mut rc) = (0.0f64, 0.0f64);
+            for i in 0..w {
+                let k = j * w + i;
+                if zones[k] != Zone::Outside {
+                    rv += (2.0 * q[k] - 1.0) as f64;
+                    rc += 1.0;
+                }
+                sat_v[(j + 1) * (w + 1) + i + 1] = sat_v[j * (w + 1) + i + 1] + rv;
+                sat_c[(j + 1) * (w + 1) + i + 1] = sat_c[j * (w + 1) + i + 1] + rc;
+            }
+        }
+        let rect = |s: &[f64], i0: usize, j0: usize, i1: usize, j1: usize| {
+            s[j1 * (w + 1) + i1] - s[j0 * (w + 1) + i1] - s[j1 * (w + 1) + i0]
+                + s[j0 * (w + 1) + i0]
+        };
+        for j in 0..h {
+            for i in 0..w {
+                let k = j * w + i;
+                if zones[k] == Zone::Outside {
+                    q[k] = 0.0;
+                    continue;
+                }
+                let (i0, j0) = (i.saturating_sub(r), j.saturating_sub(r));
+                let (i1, j1) = ((i + r + 1).min(w), (j + r + 1).min(h));
+                let c = rect(&sat_c, i0, j0, i1, j1);
+                let v = rect(&sat_v, i0, j0, i1, j1);
+                let m = if c > 0.0 { (v / c) as f32 } else { 0.0 };
+                q[k] = sigmoid(unary[k] + beta * m);
+            }
+        }
+    }
+}
+
+/// The working grid over the face box and each cell's colour features.
+struct Grid {
+    x0: u32,
+    y0: u32,
+    cell: u32,
+    width: usize,
+    height: usize,
+    features: Vec<[f32; 3]>,
+}
+
+impl Grid {
+    fn new(photo: &RgbImage, pts: &[[f32; 2]], max_grid: usize) -> Grid {
+        let (pw, ph) = photo.dimensions();
+        let mut b = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
+        for &i in FACE_OVAL.iter() {
+            let p = pts[i];
+            b = [
+                b[0].min(p[0]),
+                b[1].min(p[1]),
+                b[2].max(p[0]),
+                b[3].max(p[1]),
+            ];
+        }
+        let m = 0.05 * (b[2] - b[0]).max(b[3] - b[1]);
+        let clampx = |v: f32| v.clamp(0.0, pw as f32) as u32;
+        let clampy = |v: f32| v.clamp(0.0, ph as f32) as u32;
+        let (x0, y0) = (clampx((b[0] - m).floor()), clampy((b[1] - m).floor()));
+        let (x1, y1) = (clampx((b[2] + m).ceil()), clampy((b[3] + m).ceil()));
+        let (bw, bh) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
+        let cell = bw.max(bh).div_ceil(max_grid.max(8) as u32).max(1);
+        let width = bw.div_ceil(cell) as usize;
+        let height = bh.div_ceil(cell) as usize;
+        let lut: Vec<f32> = (0..256).map(|v| srgb_to_linear(v as f32 / 255.0)).collect();
+        let mut features = vec![[0.0f32; 3]; width * height];
+        for j in 0..height {
+            for i in 0..width {
+                let mut s = [0.0f32; 3];
+                let mut c = 0u32;
+                for y in (y0 + j as u32 * cell)..(y0 + (j as u32 + 1) * cell).min(ph) {
+                    for x in (x0 + i as u32 * cell)..(x0 + (i as u32 + 1) * cell).min(pw) {
+                        let p = photo.get_pixel(x, y).0;
+                        for ch in 0..3 {
+                            s[ch] += lut[p[ch] as usize];
+                        }
+                        c += 1;
+                    }
+                }
+                let c = c.max(1) as f32;
+                let (r, g, bl) = (s[0] / c + DARK, s[1] / c + DARK, s[2] / c + DARK);
+                let y = 0.2126 * r + 0.7152 * g + 0.0722 * bl;
+                features[j * width + i] = [(r / g).ln(), (bl / g).ln(), y.ln()];
+            }
+        }
+        Grid {
+            x0,
+            y0,
+            cell,
+            width,
+            height,
+            features,
+        }
+    }
+
+    fn center(&self, i: usize, j: usize) -> [f32; 2] {
+        let c = self.cell as f32;
+        [
+            self.x0 as f32 + (i as f32 + 0.5) * c,
+            self.y0 as f32 + (j as f32 + 0.5) * c,
+        ]
+    }
+
+    fn map(&self, values: Vec<f32>) -> PixelMap {
+        PixelMap {
+            x0: self.x0,
+            y0: self.y0,
+            cell: self.cell,
+            width: self.width,
+            height: self.height,
+            values,
+        }
+    }
+}
+
+/// Skin appearance: a chromaticity Gaussian (its variance grows in dark cells, where
+/// chromaticity is noisy) and a log-luminance band around a quadratic shading field (flat
+/// from cast shadows to highlights, Gaussian tails beyond).
+#[derive(Debug, Clone)]
+struct SkinModel {
+    chroma: [f64; 2],
+    cov: nalgebra::Matrix2<f64>,
+    shading: SVector<f64, 6>,
+}
+
+/// The log-luminance band around the shading field the skin may take without penalty:
+/// shadows down to `SHADOW`, highlights up to `HIGHLIGHT`.
+const SHADOW: f64 = -1.2;
+const HIGHLIGHT: f64 = 0.45;
+const BAND_TAIL: f64 = 0.15;
+
+fn basis(c: [f32; 2]) -> SVector<f64, 6> {
+    let (u, v) = (c[0] as f64, c[1] as f64);
+    SVector::<f64, 6>::from([1.0, u, v, u * u, u * v, v * v])
+}
+
+/// The skin locus: log(R/G) and log(B/G) of human skin in linear light, broad enough for
+/// every skin tone under near-white light. A prior for finding the skin mode, not a
+/// classifier.
+fn skin_locus(c1: f32, c2: f32) -> f32 {
+    let d1 = (c1 - 0.55) / 0.35;
+    let d2 = (c2 + 0.35) / 0.3;
+    (-0.5 * (d1 * d1 + d2 * d2)).exp()
+}
+
+impl SkinModel {
+    /// Fits the model to the skin-zone cells, weighted by `1 - q` and Tukey weights. Without
+    /// a previous model it starts from the mode of the skin-locus weighted chromaticity
+    /// histogram.
+    fn fit(
+        features: &[[f32; 3]],
+        coords: &[[f32; 2]],
+        zones: &[Zone],
+        q: &[f32],
+        previous: Option<&SkinModel>,
+    ) -> SkinModel {
+        let cells: Vec<usize> = (0..zones.len())
+            .filter(|&k| zones[k] == Zone::Skin)
+            .collect();
+        let mut model = match previous {
+            Some(m) => m.clone(),
+            None => Self::initial(features, coords, &cells, q),
+        };
+        for _ in 0..4 {
+            // Hard rejection beyond three standard deviations keeps the covariance estimate
+            // consistent (soft weights would shrink it round after round).
+            let w: Vec<f64> = cells
+                .iter()
+                .map(|&k| {
+                    let (d2, band) = model.distances(features[k], coords[k]);
+                    if d2 + band * band < 9.0 {
+                        1.0 - q[k] as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            if let Some(m) = Self::weighted(features, coords, &cells, &w, &model) {
+                model = m;
+            } else {
+                break;
+            }
+        }
+        model
+    }
+
+    fn initial(
+        features: &[[f32; 3]],
+        coords: &[[f32; 2]],
+        cells: &[usize],
+        q: &[f32],
+    ) -> SkinModel {
+        // Chromaticity histogram, 0.025 wide bins over [-1.5, 1.5]², weighted by the locus
+        // prior and by brightness (dark pixels have unreliable chromaticity).
+        const B: usize = 120;
+        let bin = |v: f32| (((v + 1.5) / 3.0) * B as f32).clamp(0.0, (B - 1) as f32) as usize;
+        let mut hist = vec![0.0f32; B * B];
+        for &k in cells {
+            let f = features[k];
+            let bright = ((f[2] + 4.0) / 2.0).clamp(0.0, 1.0);
+            hist[bin(f[1]) * B + bin(f[0])] +=
+                skin_locus(f[0], f[1]) * bright * (1.0 - q[k]).max(0.05);
+        }
+        // Smooth with a 5 × 5 box and take the peak.
+        let mut best = (0usize, 0usize, -1.0f32);
+        for b2 in 0..B {
+            for b1 in 0..B {
+                let mut s = 0.0;
+                for d2 in b2.saturating_sub(2)..(b2 + 3).min(B) {
+                    for d1 in b1.saturating_sub(2)..(b1 + 3).min(B) {
+                        s += hist[d2 * B + d1];
+                    }
+                }
+                if s > best.2 {
+                    best = (b1, b2, s);
+                }
+            }
+        }
+        let centre = |b: usize| ((b as f32 + 0.5) / B as f32 * 3.0 - 1.5) as f64;
+        let start = SkinModel {
+            chroma: [centre(best.0), centre(best.1)],
+            cov: nalgebra::Matrix2::from_diagonal(&nalgebra::Vector2::new(
+                0.05 * 0.05,
+                0.05 * 0.05,
+            )),
+            shading: SVector::<f64, 6>::zeros(),
+        };
+        // Chromaticity-only weights first (the shading is unknown): the brightest tenth
+        // of the cells near the mode set the shading's level, the rest follow.
+        let w: Vec<f64> = cells
+            .iter()
+            .map(|&k| {
+                let f = features[k];
+                let r = nalgebra::Vector2::new(
+                    f[0] as f64 - start.chroma[0],
+                    f[1] as f64 - start.chroma[1],
+                );
+                let d2 = (r.transpose() * start.cov.try_inverse().unwrap_or_default() * r)[0];
+                let t = (1.0 - d2 / 9.0).max(0.0);
+                t * t * (1.0 - q[k] as f64)
+            })
+            .collect();
+        Self::weighted(features, coords, cells, &w, &start).unwrap_or(start)
+    }
+
+    /// Weighted least squares for the shading field, weighted mean chromaticity and
+    /// covariance (floored). `None` when the weights vanish.
+    fn weighted(
+        features: &[[f32; 3]],
+        coords: &[[f32; 2]],
+        cells: &[usize],
+        w: &[f64],
+        previous: &SkinModel,
+    ) -> Option<SkinModel> {
+        let total: f64 = w.iter().sum();
+        if total < 8.0 {
+            return None;
+        }
+        let mut chroma = [0.0f64; 2];
+        let mut ata = SMatrix::<f64, 6, 6>::zeros();
+        let mut atb = SVector::<f64, 6>::zeros();
+        for (&k, &wk) in cells.iter().zip(w) {
+            if wk <= 0.0 {
+                continue;
+            }
+            let f = features[k];
+            chroma[0] += wk * f[0] as f64;
+            chroma[1] += wk * f[1] as f64;
+            let a = basis(coords[k]);
+            ata += wk * a * a.transpose();
+            atb += wk * f[2] as f64 * a;
+        }
+        chroma[0] /= total;
+        chroma[1] /= total;
+        // A ridge towards the previous field keeps the quadratic tame where the skin is
+        // only partly visible.
+        for d in 1..6 {
+            ata[(d, d)] += 0.05 * total;
+            atb[d] += 0.05 * total * previous.shading[d];
+        }
+        let shading = ata.cholesky()?.solve(&atb);
+        let mut cov = nalgebra::Matrix2::<f64>::zeros();
+        for (&k, &wk) in cells.iter().zip(w) {
+            if wk <= 0.0 {
+                continue;
+            }
+            let f = features[k];
+            let r = nalgebra::Vector2::new(f[0] as f64 - chroma[0], f[1] as f64 - chroma[1]);
+            cov += wk * r * r.transpose();
+        }
+        // Undo the truncation at three standard deviations (2-D: variance × 0.94).
+        cov /= total * 0.94;
+        cov[(0, 0)] = cov[(0, 0)].max(0.025 * 0.025);
+        cov[(1, 1)] = cov[(1, 1)].max(0.025 * 0.025);
+        Some(SkinModel {
+            chroma,
+            cov,
+            shading,
+        })
+    }
+
+    /// Squared chromaticity Mahalanobis distance (noise-inflated in dark cells) and the
+    /// log-luminance distance outside the band, in units of the band's tail.
+    fn distances(&self, f: [f32; 3], c: [f32; 2]) -> (f64, f64) {
+        let (cov, _) = self.chroma_cov(f);
+        let r = nalgebra::Vector2::new(f[0] as f64 - self.chroma[0], f[1] as f64 - self.chroma[1]);
+        let d2 = (r.transpose() * cov.try_inverse().unwrap_or_default() * r)[0];
+        let rl = f[2] as f64 - self.shading.dot(&basis(c));
+        let band = if rl < SHADOW {
+            (SHADOW - rl) / BAND_TAIL
+        } else if rl > HIGHLIGHT {
+            (rl - HIGHLIGHT) / BAND_TAIL
+        } else {
+            0.0
+        };
+        (d2, band)
+    }
+
+    fn chroma_cov(&self, f: [f32; 3]) -> (nalgebra::Matrix2<f64>, f64) {
+        // Chromaticity noise of a dark cell: sensor and compression noise of about 0.004 in
+        // linear light, relative to the cell's luminance.
+        let y = (f[2] as f64).exp();
+        let s = (0.004 / y).powi(2);
+        let cov = self.cov + nalgebra::Matrix2::from_diagonal_element(s);
+        (cov, cov.determinant().max(1e-300))
+    }
+
+    fn log_density(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
+        let (d2, band) = self.distances(f, c);
+        let (cov, det) = self.chroma_cov(f);
+        let log_chroma = -0.5 * d2 - 0.5 * det.ln() - (std::f64::consts::TAU).ln();
+        let band_width = HIGHLIGHT - SHADOW + BAND_TAIL * (std::f64::consts::TAU).sqrt();
+        let log_lum = -band_width.ln() - 0.5 * band * band;
+        let diffuse = log_chroma + log_lum;
+        // Specular highlights add white light: brighter than the shading, chromaticity
+        // anywhere between the skin's and grey. The along-the-line position is free
+        // (uniform over the line's length), the distance across it Gaussian.
+        let mu = nalgebra::Vector2::new(self.chroma[0], self.chroma[1]);
+        let len = mu.norm();
+        let rl = f[2] as f64 - self.shading.dot(&basis(c));
+        let specular = if len > 1e-3 && rl > 0.0 {
+            let x = nalgebra::Vector2::new(f[0] as f64, f[1] as f64);
+            let dir = mu / len;
+            let t = x.dot(&dir).clamp(0.0, len);
+            let r = x - dir * t;
+            let inv = cov.try_inverse().unwrap_or_default();
+            let d2 = (r.transpose() * inv * r)[0];
+            let lum_width: f64 = 1.5;
+            -0.5 * d2
+                - 0.5 * det.ln()
+                - 0.5 * (std::f64::consts::TAU).ln()
+                - len.ln()
+                - lum_width.ln()
+                - 0.5 * ((rl - lum_width).max(0.0) / BAND_TAIL).powi(2)
+                + 0.3f64.ln()
+        } else {
+            f64::MIN
+        };
+        diffuse.max(specular) as f32
+    }
+}
+
+/// A small Gaussian mixture in feature space (the occluder's colours).
+#[derive(Debug, Clone)]
+struct Gmm {
+    components: Vec<(f64, Vector3<f64>, Matrix3<f64>, f64)>,
+}
+
+impl Gmm {
+    /// Fits up to `k` components to the face cells weighted by `q` (weighted EM from
+    /// farthest-point seeds). `None` when the occluded mass is negligible.
+    fn fit(features: &[[f32; 3]], zones: &[Zone], q: &[f32], k: usize) -> Option<Gmm> {
+        let data: Vec<(Vector3<f64>, f64)> = (0..zones.len())
+            .filter(|&i| zones[i] != Zone::Outside && q[i] > 0.05)
+            .map(|i| {
+                let f = features[i];
+                (
+                    Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64),
+                    q[i] as f64,
+                )
+            })
+            .collect();
+        let mass: f64 = data.iter().map(|d| d.1).sum();
+        let face = zones.iter().filter(|z| **z != Zone::Outside).count() as f64;
+        if mass < (0.005 * face).max(4.0) {
+            return None;
+        }
+        // Seeds: the heaviest point, then farthest points (in scaled units).
+        let scale = Vector3::new(1.0 / 0.05, 1.0 / 0.05, 1.0 / 0.2);
+        let scaled = |v: &Vector3<f64>| v.component_mul(&scale);
+        let mut means: Vec<Vector3<f64>> = vec![
+            data.iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|d| d.0)
+                .unwrap_or_default(),
+        ];
+        while means.len() < k {
+            let far = data
+                .iter()
+                .map(|d| {
+                    let m = means
+                        .iter()
+                        .map(|m| (scaled(&d.0) - scaled(m)).norm_squared())
+                        .fold(f64::MAX, f64::min);
+                    (d.0, m * d.1)
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match far {
+                Some((p, s)) if s > 4.0 => means.push(p),
+                _ => break,
+            }
+        }
+        let floor = Matrix3::from_diagonal(&Vector3::new(0.03 * 0.03, 0.03 * 0.03, 0.1 * 0.1));
+        let mut comps: Vec<(f64, Vector3<f64>, Matrix3<f64>, f64)> = means
+            .iter()
+            .map(|m| (1.0 / means.len() as f64, *m, floor * 4.0, 0.0))
+            .collect();
+        let mut resp = vec![0.0f64; data.len() * comps.len()];
+        for _ in 0..8 {
+            let g = Gmm {
+                components: comps.iter().map(|c| norm(*c)).collect(),
+            };
+            for (i, d) in data.iter().enumerate() {
+                let ls: Vec<f64> = g.components.iter().map(|c| log_gauss(c, &d.0)).collect();
+                let m = ls.iter().cloned().fold(f64::MIN, f64::max);
+                let s: f64 = ls.iter().map(|l| (l - m).exp()).sum();
+                for (c, l) in ls.iter().enumerate() {
+                    resp[i * comps.len() + c] = (l - m).exp() / s * d.1;
+                }
+            }
+            let nc = comps.len();
+            for (c, comp) in comps.iter_mut().enumerate() {
+                let nk: f64 = (0..data.len()).map(|i| resp[i * nc + c]).sum();
+                if nk < 1e-6 {
+                    comp.0 = 0.0;
+                    continue;
+                }
+                let mean = data
+                    .iter()
+                    .enumerate()
+                    .fold(Vector3::zeros(), |a, (i, d)| a + resp[i * nc + c] * d.0)
+                    / nk;
+                let cov = data.iter().enumerate().fold(Matrix3::zeros(), |a, (i, d)| {
+                    let r = d.0 - mean;
+                    a + resp[i * nc + c] * r * r.transpose()
+                }) / nk
+                    + floor;
+                *comp = (nk / mass, mean, cov, 0.0);
+            }
+        }
+        let components: Vec<_> = comps.into_iter().filter(|c| c.0 > 0.0).map(norm).collect();
+        if components.is_empty() {
+            None
+        } else {
+            Some(Gmm { components })
+        }
+    }
+
+    fn log_density(&self, f: [f32; 3]) -> f32 {
+        let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
+        let ls: Vec<f64> = self.components.iter().map(|c| log_gauss(c, &x)).collect();
+        let m = ls.iter().cloned().fold(f64::MIN, f64::max);
+        (m + ls.iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+    }
+}
+
+/// Turns `(weight, mean, covariance, _)` into `(log weight + log normaliser, mean, inverse
+/// covariance, _)`.
+fn norm(c: (f64, Vector3<f64>, Matrix3<f64>, f64)) -> (f64, Vector3<f64>, Matrix3<f64>, f64) {
+    let inv = c.2.try_inverse().unwrap_or_else(Matrix3::identity);
+    let det = c.2.determinant().max(1e-300);
+    let ln = c.0.max(1e-300).ln() - 0.5 * det.ln() - 1.5 * (std::f64::consts::TAU).ln();
+    (ln, c.1, inv, 0.0)
+}
+
+fn log_gauss(c: &(f64, Vector3<f64>, Matrix3<f64>, f64), x: &Vector3<f64>) -> f64 {
+    let r = x - c.1;
+    c.0 - 0.5 * (r.transpose() * c.2 * r)[0]
+}
+
+/// A hand's silhouette from its 21 landmarks: the palm polygon and capsules along the
+/// finger bones, sized from the palm's width.
+struct HandShape {
+    palm: Vec<[f32; 2]>,
+    bones: Vec<([f32; 2], [f32; 2], f32)>,
+}
+
+impl HandShape {
+    fn new(points: &[[f32; 3]]) -> HandShape {
+        let p = |i: usize| [points[i][0], points[i][1]];
+        let palm_width = dist(p(5), p(17)).max(dist(p(0), p(9)) * 0.5).max(1.0);
+        let finger = 0.17 * palm_width;
+        let palm = vec![p(0), p(1), p(2), p(5), p(9), p(13), p(17)];
+        let mut bones = Vec::new();
+        for (chain, r) in [
+            ([1usize, 2, 3, 4], finger * 1.15),
+            ([5, 6, 7, 8], finger),
+            ([9, 10, 11, 12], finger),
+            ([13, 14, 15, 16], finger * 0.95),
+            ([17, 18, 19, 20], finger * 0.85),
+        ] {
+            for w in chain.windows(2) {
+                bones.push((p(w[0]), p(w[1]), r));
+            }
+        }
+        // The palm's edges are fleshy: capsules along them too.
+        for w in [(0usize, 1usize), (0, 17), (5, 9), (9, 13), (13, 17), (2, 5)] {
+            bones.push((p(w.0), p(w.1), finger));
+        }
+        HandShape { palm, bones }
+    }
+
+    /// Coverage of a cell centred at `c` with side `cell` (linear ramp over one cell).
+    fn coverage(&self, c: [f32; 2], cell: f32) -> f32 {
+        if inside(&self.palm, c) {
+            return 1.0;
+        }
+        let mut best = f32::MIN;
+        for &(a, b, r) in &self.bones {
+            best = best.max(r - segment_distance(a, b, c));
+        }
+        (best / cell + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+/// The polygon through the given landmark indices.
+fn polygon(pts: &[[f32; 2]], idx: &[usize]) -> Vec<[f32; 2]> {
+    idx.iter().map(|&i| pts[i]).collect()
+}
+
+fn centroid(poly: &[[f32; 2]]) -> [f32; 2] {
+    let n = poly.len().max(1) as f32;
+    let s = poly
+        .iter()
+        .fold([0.0, 0.0], |a, p| [a[0] + p[0], a[1] + p[1]]);
+    [s[0] / n, s[1] / n]
+}
+
+fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
+}
+
+/// Even-odd point-in-polygon test.
+fn inside(poly: &[[f32; 2]], p: [f32; 2]) -> bool {
+    let mut c = false;
+    let n = poly.len();
+    let mut j = n.wrapping_sub(1);
+    for i in 0..n {
+        let (a, b) = (poly[i], poly[j]);
+        if (a[1] > p[1]) != (b[1] > p[1])
+            && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0]
+        {
+            c = !c;
+        }
+        j = i;
+    }
+    c
+}
+
+fn segment_distance(a: [f32; 2], b: [f32; 2], p: [f32; 2]) -> f32 {
+    let ab = [b[0] - a[0], b[1] - a[1]];
+    let ap = [p[0] - a[0], p[1] - a[1]];
+    let l2 = ab[0] * ab[0] + ab[1] * ab[1];
+    let t = if l2 > 0.0 {
+        ((ap[0] * ab[0] + ap[1] * ab[1]) / l2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    dist([a[0] + t * ab[0], a[1] + t * ab[1]], p)
+}
+
+/// Distance from `p` to the polygon's boundary.
+fn edge_distance(poly: &[[f32; 2]], p: [f32; 2]) -> f32 {
+    let n = poly.len();
+    (0..n)
+        .map(|i| segment_distance(poly[i], poly[(i + 1) % n], p))
+        .fold(f32::MAX, f32::min)
+}
+
+/// The face region of 468 FaceMesh landmarks (photo pixels) at the photo's size: 255 inside
+/// the face oval, 0 outside (pixel centres tested).
+pub fn face_region(points: &[[f32; 3]], width: u32, height: u32) -> GrayImage {
+    let pts: Vec<[f32; 2]> = points.iter().map(|p| [p[0], p[1]]).collect();
+    let oval = polygon(&pts, &FACE_OVAL);
+    GrayImage::from_fn(width, height, |x, y| {
+        Luma([if inside(&oval, [x as f32 + 0.5, y as f32 + 0.5]) {
+            255
+        } else {
+            0
+        }])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polygon_inside_and_distance() {
+        let sq = [[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]];
+        assert!(inside(&sq, [1.0, 1.0]));
+        assert!(!inside(&sq, [3.0, 1.0]));
+        assert!((edge_distance(&sq, [1.0, 0.5]) - 0.5).abs() < 1e-6);
+        assert!((segment_distance([0.0, 0.0], [2.0, 0.0], [3.0, 0.0]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pixel_map_samples_bilinear_and_zero_outside() {
+        let m = PixelMap {
+            x0: 10,
+            y0: 20,
+            cell: 2,
+            width: 2,
+            height: 1,
+            values: vec![0.0, 1.0],
+        };
+        assert_eq!(m.sample(5.0, 21.0), 0.0);
+        assert!((m.sample(11.0, 21.0) - 0.0).abs() < 1e-6);
+        assert!((m.sample(13.0, 21.0) - 1.0).abs() < 1e-6);
+        assert!((m.sample(12.0, 21.0) - 0.5).abs() < 1e-6);
+        assert_eq!(m.sample(15.0, 21.0), 0.0);
+    }
+
+    #[test]
+    fn mean_field_fills_a_gap_and_keeps_isolated_cells_visible() {
+        // A 20 × 20 face; a 10 × 20 band with strong evidence except one column, plus one
+        // isolated weak cell far away.
+        let (w, h) = (20, 20);
+        let zones = vec![Zone::Skin; w * h];
+        let mut unary = vec![-2.0f32; w * h];
+        for j in 0..h {
+            for i in 0..10 {
+                unary[j * w + i] = if i == 5 { -0.5 } else { 4.0 };
+            }
+        }
+        unary[15 * w + 17] = 0.5;
+        let mut q: Vec<f32> = unary.iter().map(|&a| sigmoid(a)).collect();
+        mean_field(&mut q, &unary, &zones, w, h, 1, 3.0, 10);
+        assert!(q[10 * w + 5] > 0.5, "gap not filled: {}", q[10 * w + 5]);
+        assert!(
+            q[15 * w + 17] < 0.5,
+            "isolated cell kept: {}",
+            q[15 * w + 17]
+        );
+        assert!(q[10 * w + 15] < 0.1);
+    }
+
+    #[test]
+    fn gmm_recovers_two_clusters() {
+        let mut feats = Vec::new();
+        for i in 0..200 {
+            let t = (i as f32 * 0.37).sin() * 0.01;
+            feats.push(if i % 2 == 0 {
+                [0.5 + t, -0.3 - t, -1.0 + t]
+            } else {
+                [0.0 - t, 0.1 + t, -3.0 - t]
+            });
+        }
+        let zones = vec![Zone::Skin; feats.len()];
+        let q = vec![1.0f32; feats.len()];
+        let g = Gmm::fit(&feats, &zones, &q, 3).expect("fitted");
+        assert!(g.log_density([0.5, -0.3, -1.0]) > g.log_density([0.25, -0.1, -2.0]) + 5.0);
+        assert!(g.log_density([0.0, 0.1, -3.0]) > LOG_UNIFORM + 5.0);
+    }
+
+    #[test]
+    fn hand_shape_covers_fingers_not_far_points() {
+        // A flat hand pointing up: wrist at the bottom.
+        let mut pts = vec![[0.0f32; 3]; 21];
+        pts[0] = [50.0, 100.0, 0.0];
+        for (f, x) in [
+            (1usize, 30.0f32),
+            (5, 38.0),
+            (9, 50.0),
+            (13, 60.0),
+            (17, 70.0),
+        ] {
+            for s in 0..4 {
+                pts[f + s] = [x, 80.0 - 12.0 * s as f32, 0.0];
+            }
+        }
+        let h = HandShape::new(&pts);
+        assert_eq!(h.coverage([50.0, 90.0], 1.0), 1.0);
+        assert_eq!(h.coverage([50.0, 50.0], 1.0), 1.0);
+        assert_eq!(h.coverage([150.0, 50.0], 1.0), 0.0);
+    }
+}
