@@ -36,6 +36,10 @@
 //!   landmark, scaled together so that they cover a fraction of the face region drawn
 //!   uniformly from `[0.10, 0.40]` (met to within a pixel or two); each filled with a flat
 //!   colour, stripes, coloured noise, or a patch of the photo from outside the face.
+//!
+//! Share of the face region covered on the eight faces of `tests/fixtures/occlusion` × 60
+//! seeds (min / median / max): sunglasses 0.12 / 0.17 / 0.27, masks 0.30 / 0.42 / 0.53,
+//! hands 0.08 / 0.20 / 0.41, blobs 0.11 / 0.24 / 0.39.
 
 use std::f32::consts::PI;
 use std::ops::{Add, Mul, Neg, Sub};
@@ -273,7 +277,7 @@ impl Rng {
         a + (b - a) * self.f32()
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
     fn chance(&mut self, p: f32) -> bool {
         self.f32() < p
@@ -1392,10 +1396,10 @@ mod tests {
     fn masks_cover_the_stated_ranges() {
         // Fraction of the face-oval region covered, per kind (see the module docs).
         let ranges = [
-            (OccluderKind::Sunglasses, 0.06, 0.35),
-            (OccluderKind::SurgicalMask, 0.25, 0.75),
+            (OccluderKind::Sunglasses, 0.08, 0.35),
+            (OccluderKind::SurgicalMask, 0.25, 0.65),
             (OccluderKind::Hand, 0.079, 0.551),
-            (OccluderKind::Blobs, 0.09, 0.41),
+            (OccluderKind::Blobs, 0.099, 0.405),
         ];
         for (img, lm) in faces() {
             for (kind, lo, hi) in ranges {
