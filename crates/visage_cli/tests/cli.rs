@@ -113,6 +113,15 @@ fn detect_finds_the_astronaut_and_draws_an_overlay() {
     let faces = v["faces"].as_array().unwrap();
     assert_eq!(faces.len(), 1, "{out}");
     assert_eq!(faces[0]["landmarks"].as_array().unwrap().len(), 468);
+    // Per-landmark visibility and the occluded share of the face (hair at the top of her
+    // face oval only).
+    let vis = faces[0]["visibility"].as_array().unwrap();
+    assert_eq!(vis.len(), 468);
+    let visible = vis.iter().filter(|v| v.as_f64().unwrap() >= 0.5).count();
+    assert!(visible > 360, "{visible} visible landmarks");
+    let occluded = faces[0]["occluded_fraction"].as_f64().unwrap();
+    assert!((0.0..0.25).contains(&occluded), "{occluded}");
+    assert!(v["timings"]["occlusion_ms"].as_f64().unwrap() > 0.0);
     // The face box lies around the astronaut's face (upper middle of the 512×512 portrait).
     let b = &faces[0]["box"];
     let (x0, y0) = (b[0][0].as_f64().unwrap(), b[0][1].as_f64().unwrap());
