@@ -30,7 +30,7 @@
 //! Landmark indices below are FaceMesh's (MediaPipe's `face_mesh_connections`, Apache-2.0).
 
 use image::{GrayImage, Luma, RgbImage};
-use nalgebra::{Matrix3, SMatrix, SVector, Vector3};
+use nalgebra::{Matrix2, Matrix3, SMatrix, SVector, Vector2, Vector3};
 
 use super::face_mesh::FaceLandmarks;
 use super::pipeline::HandResult;
@@ -61,6 +61,23 @@ pub const LIPS_OUTER: [usize; 20] = [
 /// The inner lip contour (the mouth opening).
 pub const LIPS_INNER: [usize; 20] = [
     78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
+];
+
+/// Skin anchors: groups of landmarks on skin spread over the face, with weights. The skin is
+/// the one colour present in most of them; an occluder covers a few at most. The upper face
+/// (forehead, nose bridge) weighs more: masks, scarves, food and hands at the mouth cover the
+/// lower face more often, and hair over the forehead is dark.
+const SKIN_ANCHORS: [(&[usize], f32); 10] = [
+    (&[151, 9], 1.5),
+    (&[104, 69], 1.5),
+    (&[333, 299], 1.5),
+    (&[168, 6], 1.5),
+    (&[117, 118, 119, 101, 50], 1.0),
+    (&[346, 347, 348, 330, 280], 1.0),
+    (&[197, 195, 5, 4], 1.0),
+    (&[205, 207, 187], 1.0),
+    (&[425, 427, 411], 1.0),
+    (&[152, 175, 199, 200], 1.0),
 ];
 
 /// Settings of [`Occlusion::estimate`]. The defaults are what `docs/perception.md` measures.
@@ -191,6 +208,8 @@ pub struct Occlusion {
     occluded: PixelMap,
     hands: PixelMap,
     zones: Vec<Zone>,
+    /// Skin anchor group per cell (0: none; see `SKIN_ANCHORS`).
+    anchors: Vec<u8>,
     /// Linear-light colour features per cell (log-chromaticity ×2, log-luminance).
     features: Vec<[f32; 3]>,
     /// Face coordinates per cell (eye line horizontal, face width 1).
@@ -248,6 +267,26 @@ impl Occlusion {
                 } else {
                     Zone::Skin
                 };
+            }
+        }
+
+        // Anchor group of each skin cell (0: none), within 7 % of the face width of a group's
+        // landmarks.
+        let anchor_radius = 0.07 * face_width;
+        let mut anchors = vec![0u8; n];
+        for j in 0..grid.height {
+            for i in 0..grid.width {
+                let k = j * grid.width + i;
+                if zones[k] != Zone::Skin {
+                    continue;
+                }
+                let p = grid.center(i, j);
+                for (g, (idx, _)) in SKIN_ANCHORS.iter().enumerate() {
+                    if idx.iter().any(|&l| dist(pts[l], p) < anchor_radius) {
+                        anchors[k] = g as u8 + 1;
+                        break;
+                    }
+                }
             }
         }
 
@@ -315,6 +354,7 @@ impl Occlusion {
             occluded: grid.map(vec![0.0; n]),
             hands: grid.map(hand_cov),
             zones,
+            anchors,
             features: grid.features,
             coords,
             evidence: Evidence {
@@ -473,8 +513,14 @@ impl Occlusion {
         let mut skin: Option<SkinModel> = None;
         for _ in 0..rounds {
             let appearance: Vec<f32> = if o.appearance {
-                let s =
-                    SkinModel::fit(&self.features, &self.coords, &self.zones, &q, skin.as_ref());
+                let s = SkinModel::fit(
+                    &self.features,
+                    &self.coords,
+                    &self.zones,
+                    &self.anchors,
+                    &q,
+                    skin.as_ref(),
+                );
                 // Occluder colours the skin model explains are not appearance evidence (a
                 // skin-coloured occluder is the hand detector's job): drop such components.
                 let occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
@@ -485,7 +531,7 @@ impl Occlusion {
                             .iter()
                             .zip(&self.zones)
                             .filter(|(_, z)| **z == Zone::Skin)
-                            .map(|(cc, _)| s.log_density(m, *cc))
+                            .map(|(cc, _)| s.log_density_diffuse(m, *cc))
                             .fold(f32::MIN, f32::max);
                         near < LOG_UNIFORM + 3.0
                     });
@@ -521,7 +567,14 @@ impl Occlusion {
                     } else {
                         1.0
                     };
-                    fixed[k] + w * appearance[k]
+                    // A detected hand is in front of the face even where it looks like skin:
+                    // appearance may confirm it, never cancel it.
+                    let a = if self.hands.values[k] > 0.5 {
+                        appearance[k].max(0.0)
+                    } else {
+                        appearance[k]
+                    };
+                    fixed[k] + w * a
                 })
                 .collect();
             mean_field(
@@ -692,13 +745,15 @@ impl Grid {
     }
 }
 
-/// Skin appearance: a chromaticity Gaussian (its variance grows in dark cells, where
-/// chromaticity is noisy) and a log-luminance band around a quadratic shading field (flat
-/// from cast shadows to highlights, Gaussian tails beyond).
+/// Skin appearance: chromaticity varying linearly over the face (mixed light tints one side)
+/// with a Gaussian spread (inflated in dark cells, where chromaticity is noise), and a
+/// log-luminance band around a quadratic shading field (flat from cast shadows to highlights,
+/// Gaussian tails beyond), plus partly desaturated specular highlights.
 #[derive(Debug, Clone)]
 struct SkinModel {
-    chroma: [f64; 2],
-    cov: nalgebra::Matrix2<f64>,
+    /// `log(R/G)` and `log(B/G)` as `a + b·u + c·v` over face coordinates.
+    chroma: [SVector<f64, 3>; 2],
+    cov: Matrix2<f64>,
     shading: SVector<f64, 6>,
 }
 
@@ -713,51 +768,64 @@ fn basis(c: [f32; 2]) -> SVector<f64, 6> {
     SVector::<f64, 6>::from([1.0, u, v, u * u, u * v, v * v])
 }
 
+fn linear(c: [f32; 2]) -> SVector<f64, 3> {
+    SVector::<f64, 3>::from([1.0, c[0] as f64, c[1] as f64])
+}
+
 /// The skin locus: log(R/G) and log(B/G) of human skin in linear light, broad enough for
 /// every skin tone under near-white light. A prior for finding the skin mode, not a
 /// classifier.
 fn skin_locus(c1: f32, c2: f32) -> f32 {
-    let d1 = (c1 - 0.55) / 0.35;
-    let d2 = (c2 + 0.35) / 0.3;
+    let d1 = (c1 - 0.55) / 0.45;
+    let d2 = (c2 + 0.35) / 0.35;
     (-0.5 * (d1 * d1 + d2 * d2)).exp()
 }
 
+/// Variance of a 2-D standard Gaussian truncated to radius `t`, per dimension (what a
+/// covariance estimated with rejection at `t` standard deviations must be divided by).
+fn truncated_variance(t: f64) -> f64 {
+    let e = (-0.5 * t * t).exp();
+    (2.0 - (t * t + 2.0) * e) / (2.0 * (1.0 - e))
+}
+
 impl SkinModel {
-    /// Fits the model to the skin-zone cells, weighted by `1 - q` and Tukey weights. Without
-    /// a previous model it starts from the mode of the skin-locus weighted chromaticity
-    /// histogram.
+    /// Fits the model to the skin-zone cells, weighted by `1 - q`, rejecting cells beyond a
+    /// threshold that tightens from 4 to 3 standard deviations (so the fit can spread from
+    /// its start over smoothly varying light, then settles). Without a previous model it
+    /// starts from the mode of the skin-locus weighted chromaticity histogram.
     fn fit(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         zones: &[Zone],
+        anchors: &[u8],
         q: &[f32],
         previous: Option<&SkinModel>,
     ) -> SkinModel {
         let cells: Vec<usize> = (0..zones.len())
             .filter(|&k| zones[k] == Zone::Skin)
             .collect();
-        let mut model = match previous {
-            Some(m) => m.clone(),
-            None => Self::initial(features, coords, &cells, q),
+        let (mut model, thresholds): (SkinModel, &[f64]) = match previous {
+            Some(m) => (m.clone(), &[3.0, 3.0]),
+            None => (
+                Self::initial(features, coords, &cells, anchors, q),
+                &[4.0, 3.5, 3.0, 3.0],
+            ),
         };
-        for _ in 0..4 {
-            // Hard rejection beyond three standard deviations keeps the covariance estimate
-            // consistent (soft weights would shrink it round after round).
+        for &t in thresholds {
             let w: Vec<f64> = cells
                 .iter()
                 .map(|&k| {
                     let (d2, band) = model.distances(features[k], coords[k]);
-                    if d2 + band * band < 9.0 {
+                    if d2 + band * band < t * t {
                         1.0 - q[k] as f64
                     } else {
                         0.0
                     }
                 })
                 .collect();
-            if let Some(m) = Self::weighted(features, coords, &cells, &w, &model) {
-                model = m;
-            } else {
-                break;
+            match Self::weighted(features, coords, &cells, &w, &model, truncated_variance(t)) {
+                Some(m) => model = m,
+                None => break,
             }
         }
         model
@@ -767,21 +835,29 @@ impl SkinModel {
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         cells: &[usize],
+        anchors: &[u8],
         q: &[f32],
     ) -> SkinModel {
         // Chromaticity histogram, 0.025 wide bins over [-1.5, 1.5]², weighted by the locus
         // prior and by brightness (dark pixels have unreliable chromaticity).
         const B: usize = 120;
         let bin = |v: f32| (((v + 1.5) / 3.0) * B as f32).clamp(0.0, (B - 1) as f32) as usize;
+        // Brightness relative to the face's median (dim photos have dim skin): cells 7×
+        // darker than the median count nothing, 2× darker or brighter fully.
+        let median_l = {
+            let mut l: Vec<f32> = cells.iter().map(|&k| features[k][2]).collect();
+            l.sort_by(f32::total_cmp);
+            l.get(l.len() / 2).copied().unwrap_or(-2.0)
+        };
+        let bright = |f: [f32; 3]| ((f[2] - median_l + 2.0) / 1.3).clamp(0.0, 1.0);
         let mut hist = vec![0.0f32; B * B];
         for &k in cells {
             let f = features[k];
-            let bright = ((f[2] + 4.0) / 2.0).clamp(0.0, 1.0);
             hist[bin(f[1]) * B + bin(f[0])] +=
-                skin_locus(f[0], f[1]) * bright * (1.0 - q[k]).max(0.05);
+                skin_locus(f[0], f[1]) * bright(f) * (1.0 - q[k]).max(0.05);
         }
-        // Smooth with a 5 × 5 box and take the peak.
-        let mut best = (0usize, 0usize, -1.0f32);
+        // Smooth with a 5 × 5 box; the local maxima are the candidate modes.
+        let mut smooth = vec![0.0f32; B * B];
         for b2 in 0..B {
             for b1 in 0..B {
                 let mut s = 0.0;
@@ -790,85 +866,156 @@ impl SkinModel {
                         s += hist[d2 * B + d1];
                     }
                 }
-                if s > best.2 {
-                    best = (b1, b2, s);
+                smooth[b2 * B + b1] = s;
+            }
+        }
+        let mut peaks: Vec<(usize, usize, f32)> = Vec::new();
+        let mut order: Vec<usize> = (0..B * B).filter(|&i| smooth[i] > 0.0).collect();
+        order.sort_by(|&a, &b| smooth[b].total_cmp(&smooth[a]));
+        for i in order {
+            let (b1, b2) = (i % B, i / B);
+            // Non-maximum suppression within 0.15 (6 bins).
+            if peaks
+                .iter()
+                .all(|p| p.0.abs_diff(b1).max(p.1.abs_diff(b2)) > 6)
+            {
+                peaks.push((b1, b2, smooth[i]));
+                if peaks.len() == 4 {
+                    break;
                 }
             }
         }
+        // The skin is the colour present all over the face: score each candidate by how
+        // many anchor groups it covers (support ≥ 40 % of a group's cells counts fully),
+        // plus a little for its histogram mass, times the skin-locus prior.
+        let top = peaks.first().map(|p| p.2).unwrap_or(1.0).max(1e-6);
+        let centre_of = |b: usize| (b as f32 + 0.5) / B as f32 * 3.0 - 1.5;
+        let score = |p: &(usize, usize, f32)| {
+            let m = [centre_of(p.0), centre_of(p.1)];
+            let mut support = [(0.0f32, 0.0f32); SKIN_ANCHORS.len()];
+            for &k in cells {
+                let g = anchors[k] as usize;
+                if g == 0 {
+                    continue;
+                }
+                let f = features[k];
+                // Within 0.1, widened by the chromaticity noise of dark cells.
+                let noise = 0.004 / (f[2] as f64).exp() as f32;
+                let r2 = 0.01 + 9.0 * noise * noise;
+                let near = (f[0] - m[0]).powi(2) + (f[1] - m[1]).powi(2) < r2 && bright(f) > 0.25;
+                support[g - 1].0 += near as u8 as f32;
+                support[g - 1].1 += 1.0;
+            }
+            let covered: f32 = support
+                .iter()
+                .zip(SKIN_ANCHORS.iter())
+                .filter(|(s, _)| s.1 > 0.0)
+                .map(|(s, (_, w))| w * (s.0 / s.1 / 0.4).min(1.0))
+                .sum();
+            // Grey and off-locus candidates (white or black masks, paper) need far more
+            // coverage to win than skin-coloured ones.
+            (covered + 0.5 * p.2 / top) * skin_locus(m[0], m[1])
+        };
+        let best = peaks
+            .iter()
+            .max_by(|a, b| score(a).total_cmp(&score(b)))
+            .copied()
+            .unwrap_or((B / 2, B / 2, 0.0));
         let centre = |b: usize| ((b as f32 + 0.5) / B as f32 * 3.0 - 1.5) as f64;
-        let start = SkinModel {
-            chroma: [centre(best.0), centre(best.1)],
-            cov: nalgebra::Matrix2::from_diagonal(&nalgebra::Vector2::new(
-                0.05 * 0.05,
-                0.05 * 0.05,
-            )),
+        let constant = |v: f64| SVector::<f64, 3>::from([v, 0.0, 0.0]);
+        let mut start = SkinModel {
+            chroma: [constant(centre(best.0)), constant(centre(best.1))],
+            cov: Matrix2::from_diagonal_element(0.05 * 0.05),
             shading: SVector::<f64, 6>::zeros(),
         };
-        // Chromaticity-only weights first (the shading is unknown): the brightest tenth
-        // of the cells near the mode set the shading's level, the rest follow.
+        // The shading is unknown at first: fit it to the cells near the mode's chromaticity,
+        // then let `fit` take over.
         let w: Vec<f64> = cells
             .iter()
             .map(|&k| {
                 let f = features[k];
-                let r = nalgebra::Vector2::new(
-                    f[0] as f64 - start.chroma[0],
-                    f[1] as f64 - start.chroma[1],
+                let r = Vector2::new(
+                    f[0] as f64 - start.chroma[0][0],
+                    f[1] as f64 - start.chroma[1][0],
                 );
-                let d2 = (r.transpose() * start.cov.try_inverse().unwrap_or_default() * r)[0];
-                let t = (1.0 - d2 / 9.0).max(0.0);
-                t * t * (1.0 - q[k] as f64)
+                if r.norm_squared() < 9.0 * 0.05 * 0.05 {
+                    1.0 - q[k] as f64
+                } else {
+                    0.0
+                }
             })
             .collect();
-        Self::weighted(features, coords, cells, &w, &start).unwrap_or(start)
+        if let Some(m) =
+            Self::weighted(features, coords, cells, &w, &start, truncated_variance(3.0))
+        {
+            // Keep the mode's chromaticity as a constant for the first round.
+            start.shading = m.shading;
+            start.cov = m.cov;
+        }
+        start
     }
 
-    /// Weighted least squares for the shading field, weighted mean chromaticity and
-    /// covariance (floored). `None` when the weights vanish.
+    /// Weighted least squares for the chromaticity and shading fields (ridge towards the
+    /// previous fields' slopes), weighted covariance of the chromaticity residuals (divided
+    /// by `truncation`, floored). `None` when the weights vanish.
     fn weighted(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         cells: &[usize],
         w: &[f64],
         previous: &SkinModel,
+        truncation: f64,
     ) -> Option<SkinModel> {
         let total: f64 = w.iter().sum();
         if total < 8.0 {
             return None;
         }
-        let mut chroma = [0.0f64; 2];
         let mut ata = SMatrix::<f64, 6, 6>::zeros();
         let mut atb = SVector::<f64, 6>::zeros();
+        let mut ltl = SMatrix::<f64, 3, 3>::zeros();
+        let mut ltc = [SVector::<f64, 3>::zeros(); 2];
         for (&k, &wk) in cells.iter().zip(w) {
             if wk <= 0.0 {
                 continue;
             }
             let f = features[k];
-            chroma[0] += wk * f[0] as f64;
-            chroma[1] += wk * f[1] as f64;
             let a = basis(coords[k]);
             ata += wk * a * a.transpose();
             atb += wk * f[2] as f64 * a;
+            let l = linear(coords[k]);
+            ltl += wk * l * l.transpose();
+            ltc[0] += wk * f[0] as f64 * l;
+            ltc[1] += wk * f[1] as f64 * l;
         }
-        chroma[0] /= total;
-        chroma[1] /= total;
-        // A ridge towards the previous field keeps the quadratic tame where the skin is
-        // only partly visible.
+        // Ridges keep the fields tame where the skin is only partly visible: the shading's
+        // curvature and slopes, and more strongly the chromaticity's slopes.
         for d in 1..6 {
             ata[(d, d)] += 0.05 * total;
             atb[d] += 0.05 * total * previous.shading[d];
         }
+        for d in 1..3 {
+            ltl[(d, d)] += total;
+            for ch in 0..2 {
+                ltc[ch][d] += total * previous.chroma[ch][d];
+            }
+        }
         let shading = ata.cholesky()?.solve(&atb);
-        let mut cov = nalgebra::Matrix2::<f64>::zeros();
+        let chol = ltl.cholesky()?;
+        let chroma = [chol.solve(&ltc[0]), chol.solve(&ltc[1])];
+        let mut cov = Matrix2::<f64>::zeros();
         for (&k, &wk) in cells.iter().zip(w) {
             if wk <= 0.0 {
                 continue;
             }
             let f = features[k];
-            let r = nalgebra::Vector2::new(f[0] as f64 - chroma[0], f[1] as f64 - chroma[1]);
+            let l = linear(coords[k]);
+            let r = Vector2::new(
+                f[0] as f64 - chroma[0].dot(&l),
+                f[1] as f64 - chroma[1].dot(&l),
+            );
             cov += wk * r * r.transpose();
         }
-        // Undo the truncation at three standard deviations (2-D: variance × 0.94).
-        cov /= total * 0.94;
+        cov /= total * truncation;
         cov[(0, 0)] = cov[(0, 0)].max(0.025 * 0.025);
         cov[(1, 1)] = cov[(1, 1)].max(0.025 * 0.025);
         Some(SkinModel {
@@ -878,11 +1025,16 @@ impl SkinModel {
         })
     }
 
+    fn chroma_at(&self, c: [f32; 2]) -> Vector2<f64> {
+        let l = linear(c);
+        Vector2::new(self.chroma[0].dot(&l), self.chroma[1].dot(&l))
+    }
+
     /// Squared chromaticity Mahalanobis distance (noise-inflated in dark cells) and the
     /// log-luminance distance outside the band, in units of the band's tail.
     fn distances(&self, f: [f32; 3], c: [f32; 2]) -> (f64, f64) {
         let (cov, _) = self.chroma_cov(f);
-        let r = nalgebra::Vector2::new(f[0] as f64 - self.chroma[0], f[1] as f64 - self.chroma[1]);
+        let r = Vector2::new(f[0] as f64, f[1] as f64) - self.chroma_at(c);
         let d2 = (r.transpose() * cov.try_inverse().unwrap_or_default() * r)[0];
         let rl = f[2] as f64 - self.shading.dot(&basis(c));
         let band = if rl < SHADOW {
@@ -895,43 +1047,52 @@ impl SkinModel {
         (d2, band)
     }
 
-    fn chroma_cov(&self, f: [f32; 3]) -> (nalgebra::Matrix2<f64>, f64) {
+    fn chroma_cov(&self, f: [f32; 3]) -> (Matrix2<f64>, f64) {
         // Chromaticity noise of a dark cell: sensor and compression noise of about 0.004 in
         // linear light, relative to the cell's luminance.
         let y = (f[2] as f64).exp();
         let s = (0.004 / y).powi(2);
-        let cov = self.cov + nalgebra::Matrix2::from_diagonal_element(s);
+        let cov = self.cov + Matrix2::from_diagonal_element(s);
         (cov, cov.determinant().max(1e-300))
     }
 
-    fn log_density(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
+    /// Log density of the diffuse skin alone (no highlights).
+    fn log_density_diffuse(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
         let (d2, band) = self.distances(f, c);
-        let (cov, det) = self.chroma_cov(f);
-        let log_chroma = -0.5 * d2 - 0.5 * det.ln() - (std::f64::consts::TAU).ln();
+        let (_, det) = self.chroma_cov(f);
         let band_width = HIGHLIGHT - SHADOW + BAND_TAIL * (std::f64::consts::TAU).sqrt();
-        let log_lum = -band_width.ln() - 0.5 * band * band;
-        let diffuse = log_chroma + log_lum;
-        // Specular highlights add white light: brighter than the shading, chromaticity
-        // anywhere between the skin's and grey. The along-the-line position is free
-        // (uniform over the line's length), the distance across it Gaussian.
-        let mu = nalgebra::Vector2::new(self.chroma[0], self.chroma[1]);
+        (-0.5 * d2
+            - 0.5 * det.ln()
+            - (std::f64::consts::TAU).ln()
+            - band_width.ln()
+            - 0.5 * band * band) as f32
+    }
+
+    fn log_density(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
+        let diffuse = self.log_density_diffuse(f, c) as f64;
+        // Specular highlights add white light: brighter than the shading, chromaticity moved
+        // part of the way towards grey. The position along that line is free (uniform), the
+        // distance across it Gaussian.
+        let (cov, det) = self.chroma_cov(f);
+        let mu = self.chroma_at(c);
         let len = mu.norm();
         let rl = f[2] as f64 - self.shading.dot(&basis(c));
         let specular = if len > 1e-3 && rl > 0.0 {
-            let x = nalgebra::Vector2::new(f[0] as f64, f[1] as f64);
+            let x = Vector2::new(f[0] as f64, f[1] as f64);
             let dir = mu / len;
-            let t = x.dot(&dir).clamp(0.0, len);
+            // At most half-way to grey: a highlight on skin keeps some of its colour, a white
+            // mask or paper does not.
+            let t = x.dot(&dir).clamp(0.5 * len, len);
             let r = x - dir * t;
-            let inv = cov.try_inverse().unwrap_or_default();
-            let d2 = (r.transpose() * inv * r)[0];
-            let lum_width: f64 = 1.5;
+            let d2 = (r.transpose() * cov.try_inverse().unwrap_or_default() * r)[0];
+            let lum_width: f64 = 0.8;
             -0.5 * d2
                 - 0.5 * det.ln()
                 - 0.5 * (std::f64::consts::TAU).ln()
-                - len.ln()
+                - (0.5 * len).ln()
                 - lum_width.ln()
                 - 0.5 * ((rl - lum_width).max(0.0) / BAND_TAIL).powi(2)
-                + 0.3f64.ln()
+                + 0.2f64.ln()
         } else {
             f64::MIN
         };
