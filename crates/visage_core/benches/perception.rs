@@ -16,8 +16,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use image::RgbImage;
 use visage_core::perception::ops::{Activation, DepthwiseConv2d, Padding, images_to_tensor};
 use visage_core::perception::{
-    FaceDetectorMode, Perception, PerceptionOptions, blazeface, face_mesh, hand_landmark, iris,
-    palm, selfie,
+    FaceDetectorMode, Occlusion, OcclusionOptions, Perception, PerceptionOptions, blazeface,
+    face_mesh, hand_landmark, iris, palm, selfie,
 };
 
 const SEED: u32 = 7;
@@ -119,6 +119,7 @@ fn face_chain(c: &mut Criterion) {
         detector: FaceDetectorMode::ShortRange,
         hands: false,
         segmentation: false,
+        occlusion: None,
         ..PerceptionOptions::default()
     };
     let p = Perception::load(&visage_core::perception::default_nets_dir(), options).unwrap();
@@ -131,6 +132,21 @@ fn face_chain(c: &mut Criterion) {
     all.set_options(PerceptionOptions::default());
     g.bench_function("astronaut_everything", |b| {
         b.iter(|| black_box(all.run(&photo).unwrap()))
+    });
+    // The occlusion mask alone, from the networks' results.
+    let found = all.run(&photo).unwrap();
+    let landmarks = found.faces[0].landmarks.clone().unwrap();
+    let options = OcclusionOptions::default();
+    g.bench_function("astronaut_occlusion_mask", |b| {
+        b.iter(|| {
+            black_box(Occlusion::estimate(
+                &photo,
+                &landmarks,
+                &found.hands,
+                found.person_mask.as_ref(),
+                &options,
+            ))
+        })
     });
     g.finish();
 }

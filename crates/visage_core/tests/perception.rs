@@ -443,6 +443,8 @@ fn perception_on_the_group_photo() {
     let options = PerceptionOptions {
         detector: FaceDetectorMode::FullRange,
         segmentation: false,
+        // MediaPipe's Hands graph threshold, for the comparison with its landmarks.
+        min_palm_score: 0.5,
         ..PerceptionOptions::default()
     };
     let p = Perception::load(&nets(), options).unwrap();

@@ -205,7 +205,8 @@ pub fn decode(
     out
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+/// Intersection over union of two `[x0, y0, x1, y1]` boxes.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let ix0 = a[0].max(b[0]);
     let iy0 = a[1].max(b[1]);
     let ix1 = a[2].min(b[2]);

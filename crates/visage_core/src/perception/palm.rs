@@ -225,17 +225,62 @@ impl Model {
     /// Decodes raw outputs of one image (coordinates normalised to the input), score
     /// threshold and weighted NMS.
     pub fn postprocess(&self, regressors: &[f32], logits: &[f32]) -> Vec<RawDetection> {
-        let dets = decode(
-            regressors,
-            logits,
-            &self.anchors,
-            &self.cfg.decode_options(),
-        );
+        self.postprocess_with(regressors, logits, self.cfg.min_score)
+    }
+
+    fn postprocess_with(
+        &self,
+        regressors: &[f32],
+        logits: &[f32],
+        min_score: f32,
+    ) -> Vec<RawDetection> {
+        let mut options = self.cfg.decode_options();
+        options.min_score_thresh = min_score;
+        let dets = decode(regressors, logits, &self.anchors, &options);
         weighted_nms(dets, self.cfg.nms_iou)
     }
 
     /// Detects palms in a photo, best first, in photo pixels.
     pub fn detect(&self, photo: &RgbImage) -> Result<Vec<PalmDetection>> {
+        self.detect_with(photo, self.cfg.min_score)
+    }
+
+    /// [`Model::detect`] with another score threshold than the configuration's.
+    ///
+    /// A lower threshold also changes the boxes of strong palms (weighted NMS averages in the
+    /// weaker overlapping detections); [`Model::detect_extra`] keeps them as they are.
+    pub fn detect_with(&self, photo: &RgbImage, min_score: f32) -> Result<Vec<PalmDetection>> {
+        Ok(self.detect_thresholds(photo, &[min_score])?.remove(0))
+    }
+
+    /// The palms at the configuration's threshold, best first, followed by the weaker palms
+    /// (score ≥ `extra_min_score`) that do not overlap them (IoU < the NMS threshold): one
+    /// network run.
+    pub fn detect_extra(
+        &self,
+        photo: &RgbImage,
+        extra_min_score: f32,
+    ) -> Result<Vec<PalmDetection>> {
+        let mut sets = self.detect_thresholds(photo, &[self.cfg.min_score, extra_min_score])?;
+        let weak = sets.pop().unwrap_or_default();
+        let mut palms = sets.pop().unwrap_or_default();
+        for w in weak {
+            if palms
+                .iter()
+                .all(|p| super::detection::iou(&p.bbox, &w.bbox) < self.cfg.nms_iou)
+            {
+                palms.push(w);
+            }
+        }
+        Ok(palms)
+    }
+
+    /// Detections at each threshold from one network run.
+    fn detect_thresholds(
+        &self,
+        photo: &RgbImage,
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<PalmDetection>>> {
         check_image(photo)?;
         let s = self.cfg.input_size;
         let rect = RotatedRect::letterbox(photo.width(), photo.height(), s, s);
@@ -244,21 +289,25 @@ impl Model {
         let (reg, cls) = self.forward(&x)?;
         let reg = reg.flatten_all()?.to_vec1::<f32>()?;
         let cls = cls.flatten_all()?.to_vec1::<f32>()?;
-        Ok(self
-            .postprocess(&reg, &cls)
-            .into_iter()
-            .map(|d| {
-                let a = rect.to_photo(d.bbox[0], d.bbox[1]);
-                let b = rect.to_photo(d.bbox[2], d.bbox[3]);
-                let mut keypoints = [[0f32; 2]; 7];
-                for (k, kp) in keypoints.iter_mut().zip(&d.keypoints) {
-                    *k = rect.to_photo(kp[0], kp[1]);
-                }
-                PalmDetection {
-                    bbox: [a[0], a[1], b[0], b[1]],
-                    keypoints,
-                    score: d.score,
-                }
+        Ok(thresholds
+            .iter()
+            .map(|&t| {
+                self.postprocess_with(&reg, &cls, t)
+                    .into_iter()
+                    .map(|d| {
+                        let a = rect.to_photo(d.bbox[0], d.bbox[1]);
+                        let b = rect.to_photo(d.bbox[2], d.bbox[3]);
+                        let mut keypoints = [[0f32; 2]; 7];
+                        for (k, kp) in keypoints.iter_mut().zip(&d.keypoints) {
+                            *k = rect.to_photo(kp[0], kp[1]);
+                        }
+                        PalmDetection {
+                            bbox: [a[0], a[1], b[0], b[1]],
+                            keypoints,
+                            score: d.score,
+                        }
+                    })
+                    .collect()
             })
             .collect())
     }

@@ -47,6 +47,13 @@ pub struct PerceptionOptions {
     pub hands: bool,
     /// At most this many hands (the best palm scores first; MediaPipe's default is 2).
     pub max_hands: usize,
+    /// Palm detections below this score are dropped before the hand landmark network,
+    /// whose presence score (≥ 0.5) then confirms each hand. The default, 0.3, is below
+    /// MediaPipe's 0.5: a hand over a face is often partly hidden or blurred, and the
+    /// presence check keeps false palms out (measured in `docs/perception.md`). Palms that
+    /// pass 0.5 come first and are exactly MediaPipe's; weaker ones are added only where
+    /// they do not overlap them.
+    pub min_palm_score: f32,
     /// Compute the person mask.
     pub segmentation: bool,
     /// Estimate each face's occlusion mask and landmark visibility (`None` skips it).
@@ -61,6 +68,7 @@ impl Default for PerceptionOptions {
             iris: true,
             hands: true,
             max_hands: 2,
+            min_palm_score: 0.3,
             segmentation: true,
             occlusion: Some(OcclusionOptions::default()),
         }
@@ -284,7 +292,12 @@ impl Perception {
         let mut hands = Vec::new();
         if o.hands {
             let t = Instant::now();
-            let mut palms = self.palm.detect(photo)?;
+            // MediaPipe's palms as they are, then weaker ones that do not overlap them.
+            let mut palms = if o.min_palm_score < palm::Config::default().min_score {
+                self.palm.detect_extra(photo, o.min_palm_score)?
+            } else {
+                self.palm.detect_with(photo, o.min_palm_score)?
+            };
             palms.truncate(o.max_hands);
             timings.palm_detection = t.elapsed();
 
