@@ -46,27 +46,11 @@ fn fixture_input(name: &str, range: (f32, f32)) -> Tensor {
     images_to_tensor(&refs, range, &Device::Cpu).unwrap()
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!(
-        "{cpu}, {threads} hardware threads, rayon pool {}",
-        rayon::current_num_threads()
-    )
-}
-
 fn networks(c: &mut Criterion) {
-    println!("machine: {}; depthwise seed {SEED}", machine());
+    println!(
+        "machine: {}; depthwise seed {SEED}",
+        visage_core::machine::description()
+    );
     let nets = visage_core::perception::default_nets_dir();
     let mut g = c.benchmark_group("network");
     g.sample_size(20);

@@ -51,26 +51,6 @@ fn head() -> (Vec<[f32; 3]>, Vec<[u32; 3]>, String) {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into());
-    format!(
-        "{cpu}, {} logical cores, {} rayon threads, load average {load}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        rayon::current_num_threads()
-    )
-}
-
 fn bench(c: &mut Criterion) {
     let (mut verts, tris, source) = head();
     // Centre the head at 0.6 m in front of the camera and frame it like a face crop: the focal
@@ -143,7 +123,7 @@ fn bench(c: &mut Criterion) {
         verts.len(),
         tris.len(),
         100.0 * covered as f64 / n as f64,
-        machine()
+        visage_core::machine::description()
     );
 
     let mut g = c.benchmark_group("photometric_224");

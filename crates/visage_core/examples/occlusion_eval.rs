@@ -362,24 +362,6 @@ fn ms(d: Duration) -> f32 {
     d.as_secs_f32() * 1000.0
 }
 
-/// The CPU model from `/proc/cpuinfo`, when readable.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!(
-        "{cpu}, {threads} hardware threads, {}",
-        std::env::consts::OS
-    )
-}
-
 /// Today's date (UTC), `YYYY-MM-DD`.
 fn today() -> String {
     let secs = std::time::SystemTime::now()
@@ -466,7 +448,11 @@ pub fn report(fixtures: &[Fixture], cases: &[Case], seeds: u64) -> String {
     } else {
         "release"
     };
-    s += &format!("Machine: {}; {profile} build; {}.\n", machine(), today());
+    s += &format!(
+        "Machine: {}; {profile} build; {}.\n",
+        visage_core::machine::description(),
+        today()
+    );
     s
 }
 

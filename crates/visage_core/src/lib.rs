@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod machine;
 pub mod model;
 pub mod perception;
 pub mod photo;

@@ -8,14 +8,18 @@
 //!   and one capsule per finger bone). A hand over the face region is in front of it.
 //! - **Person mask**: face-region pixels the selfie segmentation calls background are not
 //!   face (the face oval overshoots the head, or an object is in front of it).
-//! - **Appearance**: a robust model of the visible skin — one chromaticity (a Gaussian in
-//!   log-chromaticity) times a smooth shading field (a quadratic in face coordinates for
-//!   log-luminance) — fitted with Tukey-weighted IRLS from the mode of a skin-locus
-//!   weighted chromaticity histogram, competes against a colour model of the occluder
-//!   (a Gaussian mixture fitted to the cells currently believed occluded) and a uniform
-//!   outlier density. Eyes, brows, lips and the mouth are expected *not* to look like skin:
-//!   there the face hypothesis is a broad density, and only an occluder model that explains
-//!   the pixels better marks them occluded (sunglasses over an eye, a mask over the lips).
+//! - **Appearance**: a robust model of the visible skin — a chromaticity that varies
+//!   linearly over the face (coloured side light) with a Gaussian spread, times a smooth
+//!   shading field (a quadratic in face coordinates for log-luminance, flat from deep shadow
+//!   to highlight), plus partly desaturated specular highlights — competes against a colour
+//!   model of the occluder (a Gaussian mixture fitted to the cells currently believed
+//!   occluded) and a uniform outlier density. The skin model starts from the chromaticity
+//!   mode that covers most skin anchors (forehead, under the eyes, nose, cheeks, chin: the
+//!   skin is the one colour found all over the face, an occluder covers a few of them) and is
+//!   refitted with rejection tightening from 4 to 3 standard deviations. Eyes, brows, lips
+//!   and the mouth are expected *not* to look like skin: there the face hypothesis is a broad
+//!   density, and only an occluder model that explains the pixels better marks them occluded
+//!   (sunglasses over an eye, a mask over the lips).
 //!
 //! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
 //! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
@@ -1334,6 +1338,48 @@ pub fn face_region(points: &[[f32; 3]], width: u32, height: u32) -> GrayImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn landmarks(points: Vec<[f32; 3]>) -> FaceLandmarks {
+        FaceLandmarks {
+            points,
+            presence: 1.0,
+            crop: super::super::roi::Crop {
+                image: RgbImage::new(1, 1),
+                rect: super::super::roi::RotatedRect {
+                    cx: 0.0,
+                    cy: 0.0,
+                    width: 1.0,
+                    height: 1.0,
+                    rotation: 0.0,
+                },
+                flipped: false,
+            },
+        }
+    }
+
+    #[test]
+    fn degenerate_landmarks_give_a_mask_not_a_panic() {
+        let photo = RgbImage::from_pixel(40, 30, image::Rgb([180, 120, 100]));
+        let cases = [
+            vec![[0.0f32; 3]; 468],
+            vec![[-500.0, -500.0, 0.0]; 468],
+            vec![[1e9, 1e9, 0.0]; 468],
+            vec![[f32::NAN; 3]; 468],
+            (0..468)
+                .map(|i| [(i % 40) as f32, (i / 40) as f32 * 2.5, 0.0])
+                .collect(),
+        ];
+        for pts in cases {
+            let lm = landmarks(pts);
+            let occ = Occlusion::estimate(&photo, &lm, &[], None, &OcclusionOptions::default());
+            let f = occ.occluded_fraction();
+            assert!((0.0..=1.0).contains(&f), "{f}");
+            assert!(occ.occluded().values.iter().all(|v| v.is_finite()));
+            let vis = occ.visibility(&lm.points, photo.dimensions());
+            assert_eq!(vis.len(), 468);
+            assert!(vis.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+    }
 
     #[test]
     fn polygon_inside_and_distance() {
