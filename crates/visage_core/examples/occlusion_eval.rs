@@ -18,8 +18,8 @@
 //!
 //! `--seeds N` (default 8) seeds per face and kind, starting at `--first-seed S` (default 0);
 //! face `i` uses seeds `1000 i + s`, so each face gets its own occluders. The estimator's
-//! settings were chosen looking at seeds 0 and 1 (what `tests/occlusion.rs` runs);
-//! `docs/perception.md` reports seeds 2–9. `--dump DIR` writes one PNG per case:
+//! settings were chosen looking at seeds 0–3 (`tests/occlusion.rs` runs 0 and 1);
+//! `docs/perception.md` reports seeds 10–17. `--dump DIR` writes one PNG per case:
 //! composite | true mask (white; the occluder outside the face region grey) | predicted
 //! occlusion probability, and one per clean photo (`NAME_clean.png`).
 //!

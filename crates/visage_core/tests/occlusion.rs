@@ -14,15 +14,15 @@ use visage_core::perception::synthetic::OccluderKind;
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.61, mask 0.60, hand 0.34,
-/// blobs 0.50; `docs/perception.md`). The goal is 0.75; these are not it.
+/// 0.05 below what the estimator measures there (sunglasses 0.66, mask 0.60, hand 0.32,
+/// blobs 0.49; `docs/perception.md`). The goal is 0.75; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.55,
+        OccluderKind::Sunglasses => 0.60,
         OccluderKind::SurgicalMask => 0.55,
-        OccluderKind::Hand => 0.29,
-        OccluderKind::Blobs => 0.45,
+        OccluderKind::Hand => 0.27,
+        OccluderKind::Blobs => 0.43,
     }
 }
 
