@@ -118,6 +118,23 @@ fn a_hand_at_the_mouth_hides_mouth_landmarks() {
 }
 
 #[test]
+fn an_observation_estimates_the_mask_when_perception_skipped_it() {
+    let options = PerceptionOptions {
+        occlusion: None,
+        ..PerceptionOptions::default()
+    };
+    let p = Perception::load(&visage_core::perception::default_nets_dir(), options).unwrap();
+    let img = astronaut();
+    let result = p.run(&img).unwrap();
+    assert!(result.faces.iter().all(|f| f.occlusion.is_none()));
+    let obs = visage_core::perception::Observation::new(img.clone(), result).unwrap();
+    assert_eq!(obs.visibility().len(), 468);
+    // The same mask as with the default options.
+    let full = Perception::load_default().unwrap().observe(&img).unwrap();
+    assert_eq!(obs.occlusion(), full.occlusion());
+}
+
+#[test]
 fn a_photo_without_a_face_is_a_clear_error() {
     let p = Perception::load_default().unwrap();
     let img = RgbImage::from_fn(320, 240, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 90]));

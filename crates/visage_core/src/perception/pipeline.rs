@@ -241,10 +241,7 @@ impl Perception {
 
     /// Runs everything the options ask for on one photo (8-bit sRGB).
     pub fn run(&self, photo: &RgbImage) -> Result<PerceptionResult> {
-        self.run_with(photo, &self.options)
-    }
-
-    fn run_with(&self, photo: &RgbImage, o: &PerceptionOptions) -> Result<PerceptionResult> {
+        let o = &self.options;
         check_image(photo)?;
         let start = Instant::now();
         let mut timings = Timings::default();
@@ -362,7 +359,8 @@ pub struct Observation {
 
 impl Observation {
     /// Chooses the largest face with landmarks; [`PerceptionError::NoFace`] when there is
-    /// none.
+    /// none. The chosen face's occlusion mask is estimated here (default
+    /// [`OcclusionOptions`]) when `perception` was run without it.
     pub fn new(image: RgbImage, perception: PerceptionResult) -> Result<Self> {
         let index = perception
             .faces
@@ -371,11 +369,13 @@ impl Observation {
             .ok_or(PerceptionError::NoFace {
                 detections: perception.faces.len(),
             })?;
-        Ok(Self {
+        let mut obs = Self {
             image,
             perception,
             face_index: index,
-        })
+        };
+        obs.ensure_occlusion();
+        Ok(obs)
     }
 
     /// Chooses another face (an index into `perception.faces`); an error when it does not
@@ -383,13 +383,35 @@ impl Observation {
     /// for more faces).
     pub fn choose_face(&mut self, index: usize) -> Result<()> {
         match self.perception.faces.get(index) {
-            Some(f) if f.has_landmarks() && f.occlusion.is_some() => {
+            Some(f) if f.has_landmarks() => {
                 self.face_index = index;
+                self.ensure_occlusion();
                 Ok(())
             }
-            Some(_) => Err(PerceptionError::FaceWithoutLandmarks { index }),
-            None => Err(PerceptionError::FaceWithoutLandmarks { index }),
+            _ => Err(PerceptionError::FaceWithoutLandmarks { index }),
         }
+    }
+
+    /// Estimates the chosen face's occlusion mask and visibility when they are missing.
+    fn ensure_occlusion(&mut self) {
+        let face = &self.perception.faces[self.face_index];
+        if face.occlusion.is_some() && face.visibility.is_some() {
+            return;
+        }
+        let Some(lm) = face.landmarks.as_ref() else {
+            return;
+        };
+        let occ = Occlusion::estimate(
+            &self.image,
+            lm,
+            &self.perception.hands,
+            self.perception.person_mask.as_ref(),
+            &OcclusionOptions::default(),
+        );
+        let vis = occ.visibility(&lm.points, self.image.dimensions());
+        let face = &mut self.perception.faces[self.face_index];
+        face.visibility = Some(vis);
+        face.occlusion = Some(occ);
     }
 
     /// The chosen face.
@@ -441,16 +463,10 @@ impl Observation {
 impl Perception {
     /// Runs perception on a photo and chooses the face to reconstruct (the largest with
     /// landmarks), with its occlusion mask and landmark visibility. The occlusion mask is
-    /// computed with the options' [`OcclusionOptions`], or the defaults when they are off.
+    /// computed with the options' [`OcclusionOptions`], or for the chosen face only with the
+    /// defaults when they are off.
     pub fn observe(&self, photo: &RgbImage) -> Result<Observation> {
-        let result = if self.options.occlusion.is_some() {
-            self.run(photo)?
-        } else {
-            let mut p = self.options.clone();
-            p.occlusion = Some(OcclusionOptions::default());
-            self.run_with(photo, &p)?
-        };
-        Observation::new(photo.clone(), result)
+        Observation::new(photo.clone(), self.run(photo)?)
     }
 
     /// [`Perception::observe`] on an ingested [`Photo`](crate::photo::Photo).
