@@ -8,15 +8,14 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use image::RgbImage;
 
 use super::ops::{
-    Activation, Conv2d, DepthwiseConv2d, Linear, Padding, conv, depthwise, images_to_tensor,
-    max_pool2, sigmoid,
+    Activation, Conv2d, DepthwiseConv2d, Linear, Padding, conv, depthwise, max_pool2, sigmoid,
 };
-use super::roi::{Border, Crop, RotatedRect, crop};
+use super::roi::{Crop, RotatedRect, crop_batch};
 use super::{Result, build, check_image};
 
 /// Number of hand landmarks.
@@ -212,13 +211,7 @@ impl Model {
         if rects.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.cfg.input_size as u32;
-        let crops: Vec<Crop> = rects
-            .iter()
-            .map(|r| crop(photo, r, s, s, Border::Replicate, false))
-            .collect();
-        let images: Vec<&RgbImage> = crops.iter().map(|c| &c.image).collect();
-        let x = images_to_tensor(&images, (0.0, 1.0), &Device::Cpu)?;
+        let (crops, x) = crop_batch(photo, rects, self.cfg.input_size as u32)?;
         let (lm, presence, handed, world) = self.forward(&x)?;
         let lm = lm.flatten_all()?.to_vec1::<f32>()?;
         let world = world.flatten_all()?.to_vec1::<f32>()?;

@@ -131,6 +131,20 @@ pub(crate) fn build<T>(
     })
 }
 
+/// Bilinear interpolation in a row-major `width × height` grid at grid coordinates
+/// `(x, y)` (sample `(i, j)` at `(i, j)`), clamped to the grid.
+pub(crate) fn bilinear(values: &[f32], width: usize, height: usize, x: f32, y: f32) -> f32 {
+    let x = x.clamp(0.0, (width - 1) as f32);
+    let y = y.clamp(0.0, (height - 1) as f32);
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(width - 1), (y0 + 1).min(height - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let v = |xx: usize, yy: usize| values[yy * width + xx];
+    let top = v(x0, y0) + (v(x1, y0) - v(x0, y0)) * fx;
+    let bot = v(x0, y1) + (v(x1, y1) - v(x0, y1)) * fx;
+    top + (bot - top) * fy
+}
+
 /// Rejects images a network cannot use.
 pub(crate) fn check_image(img: &image::RgbImage) -> Result<()> {
     let (w, h) = img.dimensions();

@@ -37,6 +37,7 @@ use image::{GrayImage, Luma, RgbImage};
 use nalgebra::{Matrix2, Matrix3, SMatrix, SVector, Vector2, Vector3};
 
 use super::face_mesh::FaceLandmarks;
+use super::ops::sigmoid_f32 as sigmoid;
 use super::pipeline::HandResult;
 use super::selfie::PersonMask;
 use crate::photo::srgb_to_linear;
@@ -150,15 +151,7 @@ impl PixelMap {
         if !(gx >= 0.0 && gy >= 0.0 && gx <= self.width as f32 && gy <= self.height as f32) {
             return 0.0;
         }
-        let fx = (gx - 0.5).clamp(0.0, (self.width - 1) as f32);
-        let fy = (gy - 0.5).clamp(0.0, (self.height - 1) as f32);
-        let (ix, iy) = (fx.floor() as usize, fy.floor() as usize);
-        let (jx, jy) = ((ix + 1).min(self.width - 1), (iy + 1).min(self.height - 1));
-        let (tx, ty) = (fx - ix as f32, fy - iy as f32);
-        let v = |xx: usize, yy: usize| self.values[yy * self.width + xx];
-        let top = v(ix, iy) + (v(jx, iy) - v(ix, iy)) * tx;
-        let bot = v(ix, jy) + (v(jx, jy) - v(ix, jy)) * tx;
-        top + (bot - top) * ty
+        super::bilinear(&self.values, self.width, self.height, gx - 0.5, gy - 0.5)
     }
 
     /// The map at the photo's size as an 8-bit image (255 = 1.0).
@@ -530,12 +523,13 @@ impl Occlusion {
                 let occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
                     g.components.retain(|c| {
                         let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
+                        let cov = s.chroma_cov(m);
                         let near = self
                             .coords
                             .iter()
                             .zip(&self.zones)
                             .filter(|(_, z)| **z == Zone::Skin)
-                            .map(|(cc, _)| s.log_density_diffuse(m, *cc))
+                            .map(|(cc, _)| s.log_density_diffuse(m, *cc, &cov))
                             .fold(f32::MIN, f32::max);
                         near < LOG_UNIFORM + 3.0
                     });
@@ -606,10 +600,6 @@ const LN_2: f32 = std::f32::consts::LN_2;
 const RESIDUAL_APPEARANCE_WEIGHT: f32 = 0.25;
 /// Linear-light offset that keeps dark pixels' chromaticity finite (and near grey).
 const DARK: f32 = 0.002;
-
-fn sigmoid(a: f32) -> f32 {
-    1.0 / (1.0 + (-a).exp())
-}
 
 fn log_add(a: f32, b: f32) -> f32 {
     let m = a.max(b);
@@ -905,7 +895,7 @@ impl SkinModel {
                 }
                 let f = features[k];
                 // Within 0.1, widened by the chromaticity noise of dark cells.
-                let noise = 0.004 / (f[2] as f64).exp() as f32;
+                let noise = chroma_noise_sd(f) as f32;
                 let r2 = 0.01 + 9.0 * noise * noise;
                 let near = (f[0] - m[0]).powi(2) + (f[1] - m[1]).powi(2) < r2 && bright(f) > 0.25;
                 support[g - 1].0 += near as u8 as f32;
@@ -1038,9 +1028,15 @@ impl SkinModel {
     /// Squared chromaticity Mahalanobis distance (noise-inflated in dark cells) and the
     /// log-luminance distance outside the band, in units of the band's tail.
     fn distances(&self, f: [f32; 3], c: [f32; 2]) -> (f64, f64) {
-        let (cov, _) = self.chroma_cov(f);
+        let (d2, band, _) = self.distances_with(f, c, &self.chroma_cov(f));
+        (d2, band)
+    }
+
+    /// [`SkinModel::distances`] with the cell's covariance given, and the log-luminance
+    /// residual from the shading field.
+    fn distances_with(&self, f: [f32; 3], c: [f32; 2], cov: &ChromaCov) -> (f64, f64, f64) {
         let r = Vector2::new(f[0] as f64, f[1] as f64) - self.chroma_at(c);
-        let d2 = (r.transpose() * cov.try_inverse().unwrap_or_default() * r)[0];
+        let d2 = (r.transpose() * cov.inv * r)[0];
         let rl = f[2] as f64 - self.shading.dot(&basis(c));
         let band = if rl < SHADOW {
             (SHADOW - rl) / BAND_TAIL
@@ -1049,39 +1045,44 @@ impl SkinModel {
         } else {
             0.0
         };
-        (d2, band)
+        (d2, band, rl)
     }
 
-    fn chroma_cov(&self, f: [f32; 3]) -> (Matrix2<f64>, f64) {
-        // Chromaticity noise of a dark cell: sensor and compression noise of about 0.004 in
-        // linear light, relative to the cell's luminance.
-        let y = (f[2] as f64).exp();
-        let s = (0.004 / y).powi(2);
-        let cov = self.cov + Matrix2::from_diagonal_element(s);
-        (cov, cov.determinant().max(1e-300))
+    /// The chromaticity covariance of a cell with features `f` (the skin's spread plus the
+    /// cell's noise), inverted once for every density term that needs it.
+    fn chroma_cov(&self, f: [f32; 3]) -> ChromaCov {
+        let cov = self.cov + Matrix2::from_diagonal_element(chroma_noise_sd(f).powi(2));
+        ChromaCov {
+            inv: cov.try_inverse().unwrap_or_default(),
+            log_det: cov.determinant().max(1e-300).ln(),
+        }
     }
 
-    /// Log density of the diffuse skin alone (no highlights).
-    fn log_density_diffuse(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
-        let (d2, band) = self.distances(f, c);
-        let (_, det) = self.chroma_cov(f);
+    /// Log density of the diffuse skin alone (no highlights), `cov` being
+    /// [`SkinModel::chroma_cov`] of `f`.
+    fn log_density_diffuse(&self, f: [f32; 3], c: [f32; 2], cov: &ChromaCov) -> f32 {
+        let (d2, band, _) = self.distances_with(f, c, cov);
+        Self::diffuse_from(d2, band, cov) as f32
+    }
+
+    fn diffuse_from(d2: f64, band: f64, cov: &ChromaCov) -> f64 {
         let band_width = HIGHLIGHT - SHADOW + BAND_TAIL * (std::f64::consts::TAU).sqrt();
-        (-0.5 * d2
-            - 0.5 * det.ln()
+        -0.5 * d2
+            - 0.5 * cov.log_det
             - (std::f64::consts::TAU).ln()
             - band_width.ln()
-            - 0.5 * band * band) as f32
+            - 0.5 * band * band
     }
 
     fn log_density(&self, f: [f32; 3], c: [f32; 2]) -> f32 {
-        let diffuse = self.log_density_diffuse(f, c) as f64;
+        let cov = self.chroma_cov(f);
+        let (d2, band, rl) = self.distances_with(f, c, &cov);
+        let diffuse = Self::diffuse_from(d2, band, &cov) as f32 as f64;
         // Specular highlights add white light: brighter than the shading, chromaticity moved
         // part of the way towards grey. The position along that line is free (uniform), the
         // distance across it Gaussian.
-        let (cov, det) = self.chroma_cov(f);
         let mu = self.chroma_at(c);
         let len = mu.norm();
-        let rl = f[2] as f64 - self.shading.dot(&basis(c));
         let specular = if len > 1e-3 && rl > 0.0 {
             let x = Vector2::new(f[0] as f64, f[1] as f64);
             let dir = mu / len;
@@ -1089,10 +1090,10 @@ impl SkinModel {
             // mask or paper does not.
             let t = x.dot(&dir).clamp(0.5 * len, len);
             let r = x - dir * t;
-            let d2 = (r.transpose() * cov.try_inverse().unwrap_or_default() * r)[0];
+            let d2 = (r.transpose() * cov.inv * r)[0];
             let lum_width: f64 = 0.8;
             -0.5 * d2
-                - 0.5 * det.ln()
+                - 0.5 * cov.log_det
                 - 0.5 * (std::f64::consts::TAU).ln()
                 - (0.5 * len).ln()
                 - lum_width.ln()
@@ -1103,6 +1104,18 @@ impl SkinModel {
         };
         diffuse.max(specular) as f32
     }
+}
+
+/// A cell's chromaticity covariance, inverted, with its log-determinant.
+struct ChromaCov {
+    inv: Matrix2<f64>,
+    log_det: f64,
+}
+
+/// Standard deviation of a cell's chromaticity noise: sensor and compression noise of about
+/// 0.004 in linear light, relative to the cell's luminance (large in dark cells).
+fn chroma_noise_sd(f: [f32; 3]) -> f64 {
+    0.004 / (f[2] as f64).exp()
 }
 
 /// A small Gaussian mixture in feature space (the occluder's colours).

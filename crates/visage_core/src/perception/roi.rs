@@ -283,6 +283,22 @@ pub fn crop(
     }
 }
 
+/// Crops `photo` to each rect at `size × size` (replicated border, as MediaPipe's landmark
+/// graphs do) and stacks the crops into one NCHW batch scaled to `[0, 1]`.
+pub(crate) fn crop_batch(
+    photo: &RgbImage,
+    rects: &[RotatedRect],
+    size: u32,
+) -> candle_core::Result<(Vec<Crop>, candle_core::Tensor)> {
+    let crops: Vec<Crop> = rects
+        .iter()
+        .map(|r| crop(photo, r, size, size, Border::Replicate, false))
+        .collect();
+    let images: Vec<&RgbImage> = crops.iter().map(|c| &c.image).collect();
+    let x = super::ops::images_to_tensor(&images, (0.0, 1.0), &candle_core::Device::Cpu)?;
+    Ok((crops, x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

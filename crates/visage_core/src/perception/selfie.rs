@@ -60,15 +60,13 @@ impl PersonMask {
     /// corner-aligned crop convention.
     pub fn sample(&self, x: f32, y: f32) -> f32 {
         let (pw, ph) = (self.photo_size.0 as f32, self.photo_size.1 as f32);
-        let mx = (x / pw * self.width as f32).clamp(0.0, (self.width - 1) as f32);
-        let my = (y / ph * self.height as f32).clamp(0.0, (self.height - 1) as f32);
-        let (x0, y0) = (mx.floor() as usize, my.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(self.width - 1), (y0 + 1).min(self.height - 1));
-        let (fx, fy) = (mx - x0 as f32, my - y0 as f32);
-        let v = |xx: usize, yy: usize| self.values[yy * self.width + xx];
-        let top = v(x0, y0) + (v(x1, y0) - v(x0, y0)) * fx;
-        let bot = v(x0, y1) + (v(x1, y1) - v(x0, y1)) * fx;
-        top + (bot - top) * fy
+        super::bilinear(
+            &self.values,
+            self.width,
+            self.height,
+            x / pw * self.width as f32,
+            y / ph * self.height as f32,
+        )
     }
 
     /// The mask resampled to the photo's size as an 8-bit image (255 = person).
