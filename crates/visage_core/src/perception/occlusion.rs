@@ -246,6 +246,24 @@ impl Occlusion {
         let face_width = dist(pts[234], pts[454]).max(1.0);
         // Eyelashes, eyeliner and brow hair reach past the contours.
         let feature_margin = 0.04 * face_width;
+        let feature_boxes: Vec<[f32; 4]> = features
+            .iter()
+            .map(|poly| {
+                poly.iter()
+                    .fold([f32::MAX, f32::MAX, f32::MIN, f32::MIN], |b, q| {
+                        [
+                            b[0].min(q[0]),
+                            b[1].min(q[1]),
+                            b[2].max(q[0]),
+                            b[3].max(q[1]),
+                        ]
+                    })
+            })
+            .map(|b| {
+                let m = feature_margin;
+                [b[0] - m, b[1] - m, b[2] + m, b[3] + m]
+            })
+            .collect();
         let mut zones = vec![Zone::Outside; n];
         let mut face_values = vec![0.0f32; n];
         for j in 0..grid.height {
@@ -256,10 +274,15 @@ impl Occlusion {
                 }
                 let k = j * grid.width + i;
                 face_values[k] = 1.0;
-                zones[k] = if features
-                    .iter()
-                    .any(|poly| inside(poly, p) || edge_distance(poly, p) < feature_margin)
-                {
+                zones[k] = if features.iter().zip(&feature_boxes).any(|(poly, b)| {
+                    // Cells outside a contour's box widened by the margin are farther than
+                    // the margin from it: skip the exact tests there.
+                    p[0] >= b[0]
+                        && p[1] >= b[1]
+                        && p[0] <= b[2]
+                        && p[1] <= b[3]
+                        && (inside(poly, p) || edge_distance(poly, p) < feature_margin)
+                }) {
                     Zone::Feature
                 } else {
                     Zone::Skin
