@@ -124,6 +124,22 @@ impl FaceResult {
             .is_some_and(|l| l.presence >= face_mesh::Config::default().min_presence)
     }
 
+    /// Estimates this face's occlusion mask and landmark visibility (nothing without
+    /// landmarks).
+    fn estimate_occlusion(
+        &mut self,
+        photo: &RgbImage,
+        hands: &[HandResult],
+        person: Option<&PersonMask>,
+        options: &OcclusionOptions,
+    ) {
+        if let Some(lm) = self.landmarks.as_ref() {
+            let occ = Occlusion::estimate(photo, lm, hands, person, options);
+            self.visibility = Some(occ.visibility(&lm.points, photo.dimensions()));
+            self.occlusion = Some(occ);
+        }
+    }
+
     /// Visibility `[right, left]` of the iris centres (the occlusion mask sampled there),
     /// when both exist.
     pub fn iris_visibility(&self, photo_size: (u32, u32)) -> Option<[f32; 2]> {
@@ -324,13 +340,8 @@ impl Perception {
         };
         if let Some(options) = &o.occlusion {
             let t = Instant::now();
-            let size = photo.dimensions();
             for face in &mut faces {
-                if let Some(lm) = face.landmarks.as_ref() {
-                    let occ = Occlusion::estimate(photo, lm, &hands, person_mask.as_ref(), options);
-                    face.visibility = Some(occ.visibility(&lm.points, size));
-                    face.occlusion = Some(occ);
-                }
+                face.estimate_occlusion(photo, &hands, person_mask.as_ref(), options);
             }
             timings.occlusion = t.elapsed();
         }
@@ -394,24 +405,15 @@ impl Observation {
 
     /// Estimates the chosen face's occlusion mask and visibility when they are missing.
     fn ensure_occlusion(&mut self) {
-        let face = &self.perception.faces[self.face_index];
-        if face.occlusion.is_some() && face.visibility.is_some() {
-            return;
-        }
-        let Some(lm) = face.landmarks.as_ref() else {
-            return;
-        };
-        let occ = Occlusion::estimate(
-            &self.image,
-            lm,
-            &self.perception.hands,
-            self.perception.person_mask.as_ref(),
-            &OcclusionOptions::default(),
-        );
-        let vis = occ.visibility(&lm.points, self.image.dimensions());
         let face = &mut self.perception.faces[self.face_index];
-        face.visibility = Some(vis);
-        face.occlusion = Some(occ);
+        if face.occlusion.is_none() || face.visibility.is_none() {
+            face.estimate_occlusion(
+                &self.image,
+                &self.perception.hands,
+                self.perception.person_mask.as_ref(),
+                &OcclusionOptions::default(),
+            );
+        }
     }
 
     /// The chosen face.
