@@ -106,6 +106,11 @@ pub struct OcclusionOptions {
     pub smoothing_radius: f32,
     /// EM rounds (re-fit the colour models, then smooth).
     pub rounds: usize,
+    /// How far below the face oval's lower half the mask may follow an occluder, as a
+    /// fraction of the face width; 0 keeps the mask inside the oval. FaceMesh's jaw line is
+    /// its least reliable part under a mask, a scarf or a hand (it draws a smaller chin), so
+    /// the face there can reach past the oval, under the occluder.
+    pub extension: f32,
 }
 
 impl Default for OcclusionOptions {
@@ -119,6 +124,7 @@ impl Default for OcclusionOptions {
             smoothness: 3.0,
             smoothing_radius: 0.025,
             rounds: 5,
+            extension: 0.12,
         }
     }
 }
@@ -195,6 +201,9 @@ struct Evidence {
     /// Whether a cell has residual evidence (then the fitted face, a better model of the
     /// face's appearance than the skin model, outweighs the appearance term).
     has_residual: Vec<bool>,
+    /// Person-mask evidence in the extension band (background there is not an occluder of
+    /// the face but the world beside it: negative).
+    band_person: Vec<f32>,
 }
 
 /// The occlusion mask of one face, with the face region it covers and the evidence behind
@@ -205,6 +214,11 @@ pub struct Occlusion {
     occluded: PixelMap,
     hands: PixelMap,
     zones: Vec<Zone>,
+    /// Cells outside the face oval where the mask may follow an occluder (see
+    /// [`OcclusionOptions::extension`]).
+    band: Vec<bool>,
+    /// Face cells along the stretch of the oval the band borders.
+    rim: Vec<bool>,
     /// Skin anchor group per cell (0: none; see `SKIN_ANCHORS`).
     anchors: Vec<u8>,
     /// Linear-light colour features per cell (log-chromaticity ×2, log-luminance).
@@ -228,7 +242,9 @@ impl Occlusion {
         options: &OcclusionOptions,
     ) -> Occlusion {
         let pts: Vec<[f32; 2]> = face.points.iter().map(|p| [p[0], p[1]]).collect();
-        let grid = Grid::new(photo, &pts, options.max_grid);
+        let face_width = dist(pts[234], pts[454]).max(1.0);
+        let extension = options.extension.max(0.0) * face_width;
+        let grid = Grid::new(photo, &pts, options.max_grid, extension);
         let n = grid.width * grid.height;
 
         // Zones.
@@ -243,7 +259,6 @@ impl Occlusion {
         .iter()
         .map(|idx| polygon(&pts, idx))
         .collect();
-        let face_width = dist(pts[234], pts[454]).max(1.0);
         // Eyelashes, eyeliner and brow hair reach past the contours.
         let feature_margin = 0.04 * face_width;
         let feature_boxes: Vec<[f32; 4]> = features
@@ -335,6 +350,21 @@ impl Occlusion {
             })
             .collect();
 
+        // The extension band below the oval's lower part, within `extension` of it, and the
+        // rim of face cells on the inner side of the same stretch of the oval.
+        let (band, rim): (Vec<bool>, Vec<bool>) = (0..n)
+            .map(|k| {
+                let [u, v] = coords[k];
+                if v <= BAND_SLOPE * u.abs() || extension <= 0.0 {
+                    return (false, false);
+                }
+                let near =
+                    edge_distance(&oval, grid.center(k % grid.width, k / grid.width)) < extension;
+                let outside = zones[k] == Zone::Outside;
+                (near && outside, near && !outside)
+            })
+            .unzip();
+
         // Hands.
         let mut hand_cov = vec![0.0f32; n];
         for hand in hands {
@@ -342,7 +372,7 @@ impl Occlusion {
             for j in 0..grid.height {
                 for i in 0..grid.width {
                     let k = j * grid.width + i;
-                    if zones[k] == Zone::Outside {
+                    if zones[k] == Zone::Outside && !band[k] {
                         continue;
                     }
                     let c = s.coverage(grid.center(i, j), grid.cell as f32);
@@ -352,11 +382,12 @@ impl Occlusion {
         }
         let hands_lo: Vec<f32> = hand_cov.iter().map(|c| c * options.hand_weight).collect();
 
-        // Person mask.
+        // Person mask: background inside the oval is something in front of the face; in the
+        // band it is the world beside the face.
         let person_lo: Vec<f32> = (0..n)
             .map(|k| {
                 let Some(m) = person else { return 0.0 };
-                if zones[k] == Zone::Outside {
+                if zones[k] == Zone::Outside && !band[k] {
                     return 0.0;
                 }
                 let p = grid.center(k % grid.width, k / grid.width);
@@ -368,12 +399,19 @@ impl Occlusion {
                 }
             })
             .collect();
+        let (person_lo, band_person): (Vec<f32>, Vec<f32>) = person_lo
+            .iter()
+            .zip(&band)
+            .map(|(&l, &b)| if b { (0.0, -l) } else { (l, 0.0) })
+            .unzip();
 
         let mut occ = Occlusion {
             face: grid.map(face_values.clone()),
             occluded: grid.map(vec![0.0; n]),
             hands: grid.map(hand_cov),
             zones,
+            band,
+            rim,
             anchors,
             features: grid.features,
             coords,
@@ -382,6 +420,7 @@ impl Occlusion {
                 person: person_lo,
                 residual: vec![0.0; n],
                 has_residual: vec![false; n],
+                band_person,
             },
             options: options.clone(),
             face_width_cells: face_width / grid.cell as f32,
@@ -410,7 +449,7 @@ impl Occlusion {
         for k in 0..self.zones.len() {
             self.evidence.residual[k] = 0.0;
             self.evidence.has_residual[k] = false;
-            if self.zones[k] == Zone::Outside {
+            if self.zones[k] == Zone::Outside && !self.band[k] {
                 continue;
             }
             let (i, j) = ((k % w) as u32, (k / w) as u32);
@@ -435,7 +474,9 @@ impl Occlusion {
         self.solve();
     }
 
-    /// Probability that each cell is occluded, zero outside the face region.
+    /// Probability that each cell is occluded: over the face region, and below its lower
+    /// half where an occluder found on the face continues past the oval (up to
+    /// [`OcclusionOptions::extension`]); zero elsewhere.
     pub fn occluded(&self) -> &PixelMap {
         &self.occluded
     }
@@ -491,8 +532,9 @@ impl Occlusion {
                     for dy in -r..=r {
                         for dx in -r..=r {
                             let (x, y) = (p[0] + dx as f32 * c, p[1] + dy as f32 * c);
-                            occ += self.occluded.sample(x, y);
-                            face += self.face.sample(x, y);
+                            let f = self.face.sample(x, y);
+                            occ += self.occluded.sample(x, y) * f;
+                            face += f;
                         }
                     }
                     if face > 0.0 {
@@ -526,24 +568,86 @@ impl Occlusion {
                 q[k] = 0.0;
             }
         }
+        let face: Vec<bool> = self.zones.iter().map(|z| *z != Zone::Outside).collect();
         let radius = (o.smoothing_radius * self.face_width_cells)
             .round()
             .max(1.0) as usize;
-        let rounds = if o.appearance { o.rounds.max(1) } else { 1 };
-        let mut skin: Option<SkinModel> = None;
+        // Appearance: run EM from the best start for the skin model, and from the runner-up
+        // when it scored close; keep the solution whose converged skin model covers the most
+        // skin anchors (an occluder taken for the skin leaves the rest of the face
+        // "occluded", and its colour is farther from the skin locus).
+        let starts = if o.appearance {
+            let cells: Vec<usize> = (0..n).filter(|&k| self.zones[k] == Zone::Skin).collect();
+            SkinModel::initial(&self.features, &self.coords, &cells, &self.anchors, &q)
+        } else {
+            Vec::new()
+        };
+        let mut best: Option<(f32, Vec<f32>, Option<SkinModel>, Option<Gmm>)> = None;
+        for start in starts.into_iter().map(Some).chain(std::iter::once(None)) {
+            if start.is_none() && best.is_some() {
+                break;
+            }
+            let (q1, skin, occluder) = self.em(&fixed, q.clone(), start, &face, radius);
+            let score = skin.as_ref().map_or(0.0, |s| self.anchor_coverage(s, &q1));
+            if best.as_ref().is_none_or(|b| score > b.0) {
+                best = Some((score, q1, skin, occluder));
+            }
+        }
+        let (_, mut q, skin, occluder) = best.expect("at least one EM run");
+        self.extend(&mut q, skin.as_ref(), occluder.as_ref(), radius);
+        self.occluded.values = q;
+    }
+
+    /// Skin-anchor groups the face shows (weighted mean visible share of each group's
+    /// cells), times the skin locus at the skin model's chromaticity at the face centre.
+    fn anchor_coverage(&self, skin: &SkinModel, q: &[f32]) -> f32 {
+        let mut groups = [(0.0f32, 0.0f32); SKIN_ANCHORS.len()];
+        for (k, &g) in self.anchors.iter().enumerate() {
+            if g > 0 {
+                groups[g as usize - 1].0 += 1.0 - q[k];
+                groups[g as usize - 1].1 += 1.0;
+            }
+        }
+        let covered: f32 = groups
+            .iter()
+            .zip(SKIN_ANCHORS.iter())
+            .filter(|(g, _)| g.1 > 0.0)
+            .map(|(g, (_, w))| w * g.0 / g.1)
+            .sum();
+        covered * skin_locus(skin.chroma[0][0] as f32, skin.chroma[1][0] as f32)
+    }
+
+    /// EM rounds from a start for the skin model (`None`: no appearance model): fit the
+    /// colour models to the current mask, add the evidence, smooth. Returns the mask and
+    /// the final colour models.
+    fn em(
+        &self,
+        fixed: &[f32],
+        mut q: Vec<f32>,
+        start: Option<SkinModel>,
+        face: &[bool],
+        radius: usize,
+    ) -> (Vec<f32>, Option<SkinModel>, Option<Gmm>) {
+        let n = q.len();
+        let o = &self.options;
+        let rounds = if start.is_some() { o.rounds.max(1) } else { 1 };
+        let mut first = true;
+        let mut skin = start;
+        let mut occluder: Option<Gmm> = None;
         for _ in 0..rounds {
-            let appearance: Vec<f32> = if o.appearance {
+            let appearance: Vec<f32> = if let Some(previous) = &skin {
                 let s = SkinModel::fit(
                     &self.features,
                     &self.coords,
                     &self.zones,
-                    &self.anchors,
                     &q,
-                    skin.as_ref(),
+                    previous,
+                    first,
                 );
+                first = false;
                 // Occluder colours the skin model explains are not appearance evidence (a
                 // skin-coloured occluder is the hand detector's job): drop such components.
-                let occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
+                occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
                     g.components.retain(|c| {
                         let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
                         let cov = s.chroma_cov(m);
@@ -601,7 +705,8 @@ impl Occlusion {
             mean_field(
                 &mut q,
                 &unary,
-                &self.zones,
+                face,
+                face,
                 self.face.width,
                 self.face.height,
                 radius,
@@ -609,7 +714,106 @@ impl Occlusion {
                 8,
             );
         }
-        self.occluded.values = q;
+        (q, skin, occluder)
+    }
+
+    /// Follows occluders past the oval into the extension band: a band cell is occluded
+    /// when it looks like the occluder found on the face (or a hand covers it) more than
+    /// like skin or anything else, its neighbours agree (mean-field with the face cells
+    /// held), and it connects to occluded face cells.
+    fn extend(
+        &self,
+        q: &mut [f32],
+        skin: Option<&SkinModel>,
+        occluder: Option<&Gmm>,
+        radius: usize,
+    ) {
+        let n = q.len();
+        // Only an occluder that covers most of the rim continues past it (a shadow under the
+        // chin or a strand of hair does not).
+        let (rim_occluded, rim_cells) = (0..n)
+            .filter(|&k| self.rim[k])
+            .fold((0usize, 0usize), |(o, c), k| {
+                (o + (q[k] > 0.5) as usize, c + 1)
+            });
+        if rim_cells == 0 || (rim_occluded as f32) < RIM_SHARE * rim_cells as f32 {
+            return;
+        }
+        let o = &self.options;
+        let unary: Vec<f32> = (0..n)
+            .map(|k| {
+                if !self.band[k] {
+                    return 0.0;
+                }
+                let f = self.features[k];
+                let appearance = match (skin, occluder) {
+                    (Some(s), Some(g)) if o.appearance => {
+                        // The face, the neck or the world beside them: skin or a broad
+                        // density.
+                        let log_other =
+                            log_add(s.log_density(f, self.coords[k]), LOG_UNIFORM + 1.0) - LN_2;
+                        (g.log_density(f) - log_other).clamp(-8.0, 8.0)
+                    }
+                    _ => 0.0,
+                };
+                let w = if self.evidence.has_residual[k] {
+                    RESIDUAL_APPEARANCE_WEIGHT
+                } else {
+                    1.0
+                };
+                o.prior_log_odds
+                    + self.evidence.hands[k]
+                    + self.evidence.band_person[k]
+                    + self.evidence.residual[k]
+                    + w * appearance
+            })
+            .collect();
+        for k in 0..n {
+            if self.band[k] {
+                q[k] = sigmoid(unary[k]);
+            }
+        }
+        let member: Vec<bool> = (0..n)
+            .map(|k| self.band[k] || self.zones[k] != Zone::Outside)
+            .collect();
+        mean_field(
+            q,
+            &unary,
+            &member,
+            &self.band,
+            self.face.width,
+            self.face.height,
+            radius,
+            o.smoothness,
+            8,
+        );
+        // Keep band cells connected (4-neighbours, through occluded band cells) to occluded
+        // face cells.
+        let (w, h) = (self.face.width, self.face.height);
+        let mut keep = vec![false; n];
+        let mut stack: Vec<usize> = (0..n)
+            .filter(|&k| self.zones[k] != Zone::Outside && q[k] > 0.5)
+            .collect();
+        while let Some(k) = stack.pop() {
+            let (i, j) = (k % w, k / w);
+            let next = [
+                (i > 0).then(|| k - 1),
+                (i + 1 < w).then(|| k + 1),
+                (j > 0).then(|| k - w),
+                (j + 1 < h).then(|| k + w),
+            ];
+            for m in next.into_iter().flatten() {
+                if self.band[m] && !keep[m] && q[m] > 0.5 {
+                    keep[m] = true;
+                    stack.push(m);
+                }
+            }
+        }
+        for k in 0..n {
+            if self.band[k] && !keep[k] {
+                q[k] = 0.0;
+            }
+        }
     }
 }
 
@@ -619,6 +823,14 @@ const LOG_UNIFORM: f32 = -5.19;
 /// Log density of "anything an eye, brow or lip may look like": twenty times the uniform.
 const LOG_FEATURE_DENSITY: f32 = LOG_UNIFORM + 3.0;
 const LN_2: f32 = std::f32::consts::LN_2;
+/// The extension band lies below lines of this slope through the oval's centre (the chin
+/// and the lower jaw, not the cheeks, where hair hangs).
+const BAND_SLOPE: f32 = 0.8;
+/// A runner-up start for the skin model is tried when its score is at least this share of
+/// the best one's.
+const RUNNER_UP: f32 = 0.5;
+/// The share of the rim that must be occluded for the mask to extend past it.
+const RIM_SHARE: f32 = 0.4;
 /// Weight of the appearance evidence where photometric residuals exist.
 const RESIDUAL_APPEARANCE_WEIGHT: f32 = 0.25;
 /// Linear-light offset that keeps dark pixels' chromaticity finite (and near grey).
@@ -635,7 +847,8 @@ fn log_add(a: f32, b: f32) -> f32 {
 fn mean_field(
     q: &mut [f32],
     unary: &[f32],
-    zones: &[Zone],
+    member: &[bool],
+    update: &[bool],
     w: usize,
     h: usize,
     r: usize,
@@ -649,7 +862,7 @@ fn mean_field(
             let (mut rv, mut rc) = (0.0f64, 0.0f64);
             for i in 0..w {
                 let k = j * w + i;
-                if zones[k] != Zone::Outside {
+                if member[k] {
                     rv += (2.0 * q[k] - 1.0) as f64;
                     rc += 1.0;
                 }
@@ -664,8 +877,7 @@ fn mean_field(
         for j in 0..h {
             for i in 0..w {
                 let k = j * w + i;
-                if zones[k] == Zone::Outside {
-                    q[k] = 0.0;
+                if !update[k] {
                     continue;
                 }
                 let (i0, j0) = (i.saturating_sub(r), j.saturating_sub(r));
@@ -690,7 +902,9 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(photo: &RgbImage, pts: &[[f32; 2]], max_grid: usize) -> Grid {
+    /// The grid over the face oval's box widened by 5 % of its longer side plus `extra`
+    /// pixels.
+    fn new(photo: &RgbImage, pts: &[[f32; 2]], max_grid: usize, extra: f32) -> Grid {
         let (pw, ph) = photo.dimensions();
         let mut b = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
         for &i in FACE_OVAL.iter() {
@@ -705,10 +919,17 @@ impl Grid {
         let m = 0.05 * (b[2] - b[0]).max(b[3] - b[1]);
         let clampx = |v: f32| v.clamp(0.0, pw as f32) as u32;
         let clampy = |v: f32| v.clamp(0.0, ph as f32) as u32;
+        // The cell size from the face box alone, so that the extension does not coarsen it.
+        let cell = {
+            let (x0, y0) = (clampx((b[0] - m).floor()), clampy((b[1] - m).floor()));
+            let (x1, y1) = (clampx((b[2] + m).ceil()), clampy((b[3] + m).ceil()));
+            let (bw, bh) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
+            bw.max(bh).div_ceil(max_grid.max(8) as u32).max(1)
+        };
+        let m = m + extra;
         let (x0, y0) = (clampx((b[0] - m).floor()), clampy((b[1] - m).floor()));
         let (x1, y1) = (clampx((b[2] + m).ceil()), clampy((b[3] + m).ceil()));
         let (bw, bh) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
-        let cell = bw.max(bh).div_ceil(max_grid.max(8) as u32).max(1);
         let width = bw.div_ceil(cell) as usize;
         let height = bh.div_ceil(cell) as usize;
         let lut: Vec<f32> = (0..256).map(|v| srgb_to_linear(v as f32 / 255.0)).collect();
@@ -815,20 +1036,19 @@ impl SkinModel {
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         zones: &[Zone],
-        anchors: &[u8],
         q: &[f32],
-        previous: Option<&SkinModel>,
+        previous: &SkinModel,
+        first: bool,
     ) -> SkinModel {
         let cells: Vec<usize> = (0..zones.len())
             .filter(|&k| zones[k] == Zone::Skin)
             .collect();
-        let (mut model, thresholds): (SkinModel, &[f64]) = match previous {
-            Some(m) => (m.clone(), &[3.0, 3.0]),
-            None => (
-                Self::initial(features, coords, &cells, anchors, q),
-                &[4.0, 3.5, 3.0, 3.0],
-            ),
+        let thresholds: &[f64] = if first {
+            &[4.0, 3.5, 3.0, 3.0]
+        } else {
+            &[3.0, 3.0]
         };
+        let mut model = previous.clone();
         for &t in thresholds {
             let w: Vec<f64> = cells
                 .iter()
@@ -855,7 +1075,7 @@ impl SkinModel {
         cells: &[usize],
         anchors: &[u8],
         q: &[f32],
-    ) -> SkinModel {
+    ) -> Vec<SkinModel> {
         // Chromaticity histogram, 0.025 wide bins over [-1.5, 1.5]², weighted by the locus
         // prior and by brightness (dark pixels have unreliable chromaticity).
         const B: usize = 120;
@@ -934,11 +1154,30 @@ impl SkinModel {
             // coverage to win than skin-coloured ones.
             (covered + 0.5 * p.2 / top) * skin_locus(m[0], m[1])
         };
-        let best = peaks
+        let mut scored: Vec<(f32, (usize, usize, f32))> =
+            peaks.iter().map(|p| (score(p), *p)).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if scored.is_empty() {
+            scored.push((0.0, (B / 2, B / 2, 0.0)));
+        }
+        let top_score = scored[0].0;
+        scored
             .iter()
-            .max_by(|a, b| score(a).total_cmp(&score(b)))
-            .copied()
-            .unwrap_or((B / 2, B / 2, 0.0));
+            .take(2)
+            .filter(|(s, _)| *s >= RUNNER_UP * top_score)
+            .map(|(_, p)| Self::start_at(features, coords, cells, q, *p))
+            .collect()
+    }
+
+    /// A start for the skin model at a chromaticity histogram peak.
+    fn start_at(
+        features: &[[f32; 3]],
+        coords: &[[f32; 2]],
+        cells: &[usize],
+        q: &[f32],
+        best: (usize, usize, f32),
+    ) -> SkinModel {
+        const B: usize = 120;
         let centre = |b: usize| ((b as f32 + 0.5) / B as f32 * 3.0 - 1.5) as f64;
         let constant = |v: f64| SVector::<f64, 3>::from([v, 0.0, 0.0]);
         let mut start = SkinModel {
@@ -1006,16 +1245,15 @@ impl SkinModel {
             ltc[1] += wk * f[1] as f64 * l;
         }
         // Ridges keep the fields tame where the skin is only partly visible: the shading's
-        // curvature and slopes, and more strongly the chromaticity's slopes.
+        // curvature and slopes towards the previous fit's, the chromaticity's slopes more
+        // strongly towards zero (towards the previous slopes, repeated fits let a gradient
+        // grow from the skin into a large occluder's colour).
         for d in 1..6 {
             ata[(d, d)] += 0.05 * total;
             atb[d] += 0.05 * total * previous.shading[d];
         }
         for d in 1..3 {
             ltl[(d, d)] += total;
-            for ch in 0..2 {
-                ltc[ch][d] += total * previous.chroma[ch][d];
-            }
         }
         let shading = ata.cholesky()?.solve(&atb);
         let chol = ltl.cholesky()?;
@@ -1449,7 +1687,7 @@ mod tests {
         // A 20 × 20 face; a 10 × 20 band with strong evidence except one column, plus one
         // isolated weak cell far away.
         let (w, h) = (20, 20);
-        let zones = vec![Zone::Skin; w * h];
+        let face = vec![true; w * h];
         let mut unary = vec![-2.0f32; w * h];
         for j in 0..h {
             for i in 0..10 {
@@ -1458,7 +1696,7 @@ mod tests {
         }
         unary[15 * w + 17] = 0.5;
         let mut q: Vec<f32> = unary.iter().map(|&a| sigmoid(a)).collect();
-        mean_field(&mut q, &unary, &zones, w, h, 1, 3.0, 10);
+        mean_field(&mut q, &unary, &face, &face, w, h, 1, 3.0, 10);
         assert!(q[10 * w + 5] > 0.5, "gap not filled: {}", q[10 * w + 5]);
         assert!(
             q[15 * w + 17] < 0.5,
