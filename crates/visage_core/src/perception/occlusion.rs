@@ -582,20 +582,24 @@ impl Occlusion {
         } else {
             Vec::new()
         };
-        let mut best: Option<(f32, Vec<f32>, Option<SkinModel>, Option<Gmm>)> = None;
+        let mut best: Option<(f32, EmRun)> = None;
         for start in starts.into_iter().map(Some).chain(std::iter::once(None)) {
             if start.is_none() && best.is_some() {
                 break;
             }
-            let (q1, skin, occluder) = self.em(&fixed, q.clone(), start, &face, radius);
-            let score = skin.as_ref().map_or(0.0, |s| self.anchor_coverage(s, &q1));
+            let run = self.em(&fixed, q.clone(), start, &face, radius);
+            let score = run
+                .skin
+                .as_ref()
+                .map_or(0.0, |s| self.anchor_coverage(s, &run.q));
             if best.as_ref().is_none_or(|b| score > b.0) {
-                best = Some((score, q1, skin, occluder));
+                best = Some((score, run));
             }
         }
-        let (_, mut q, skin, occluder) = best.expect("at least one EM run");
-        self.extend(&mut q, skin.as_ref(), occluder.as_ref(), radius);
-        self.occluded.values = q;
+        // The loop runs EM at least once (without starts, once without appearance).
+        let (_, mut run) = best.expect("at least one EM run");
+        self.extend(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
+        self.occluded.values = run.q;
     }
 
     /// Skin-anchor groups the face shows (weighted mean visible share of each group's
@@ -627,7 +631,7 @@ impl Occlusion {
         start: Option<SkinModel>,
         face: &[bool],
         radius: usize,
-    ) -> (Vec<f32>, Option<SkinModel>, Option<Gmm>) {
+    ) -> EmRun {
         let n = q.len();
         let o = &self.options;
         let rounds = if start.is_some() { o.rounds.max(1) } else { 1 };
@@ -714,7 +718,7 @@ impl Occlusion {
                 8,
             );
         }
-        (q, skin, occluder)
+        EmRun { q, skin, occluder }
     }
 
     /// Follows occluders past the oval into the extension band: a band cell is occluded
@@ -815,6 +819,13 @@ impl Occlusion {
             }
         }
     }
+}
+
+/// The outcome of one EM run: the mask and the final colour models.
+struct EmRun {
+    q: Vec<f32>,
+    skin: Option<SkinModel>,
+    occluder: Option<Gmm>,
 }
 
 /// Log density of the uniform outlier model over the feature box
