@@ -1007,8 +1007,8 @@ struct SkinModel {
 }
 
 /// The log-luminance band around the shading field the skin may take without penalty:
-/// shadows down to `SHADOW`, highlights up to `HIGHLIGHT`.
-const SHADOW: f64 = -1.2;
+/// shadows down to `SHADOW` (×0.4 in linear light), highlights up to `HIGHLIGHT` (×1.6).
+const SHADOW: f64 = -0.9;
 const HIGHLIGHT: f64 = 0.45;
 const BAND_TAIL: f64 = 0.15;
 
