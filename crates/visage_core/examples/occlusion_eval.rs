@@ -325,7 +325,11 @@ fn save_panels(
         let p = occ.map_or(0.0, |o| o.occluded().sample(x as f32 + 0.5, y as f32 + 0.5));
         let v = (p * 255.0).round() as u8;
         let b = if occ.is_some() { v } else { 90 };
-        out.put_pixel(2 * w + x, y, Rgb([v, v, b]));
+        // Detected hands' silhouettes tint the panel red.
+        let hand =
+            occ.is_some_and(|o| o.hand_coverage().sample(x as f32 + 0.5, y as f32 + 0.5) > 0.5);
+        let r = if hand { v.max(160) } else { v };
+        out.put_pixel(2 * w + x, y, Rgb([r, v, b]));
     }
     let file = dir.join(format!("{name}.png"));
     out.save(&file)
