@@ -35,6 +35,7 @@
 
 use image::{GrayImage, Luma, RgbImage};
 use nalgebra::{Matrix2, Matrix3, SMatrix, SVector, Vector2, Vector3};
+use rayon::prelude::*;
 
 use super::face_mesh::FaceLandmarks;
 use super::ops::sigmoid_f32 as sigmoid;
@@ -582,22 +583,32 @@ impl Occlusion {
         } else {
             Vec::new()
         };
-        let mut best: Option<(f32, EmRun)> = None;
-        for start in starts.into_iter().map(Some).chain(std::iter::once(None)) {
-            if start.is_none() && best.is_some() {
-                break;
-            }
-            let run = self.em(&fixed, q.clone(), start, &face, radius);
-            let score = run
-                .skin
-                .as_ref()
-                .map_or(0.0, |s| self.anchor_coverage(s, &run.q));
-            if best.as_ref().is_none_or(|b| score > b.0) {
-                best = Some((score, run));
+        let starts: Vec<Option<SkinModel>> = if starts.is_empty() {
+            vec![None]
+        } else {
+            starts.into_iter().map(Some).collect()
+        };
+        // The starts run in parallel; the first of equal scores wins.
+        let runs: Vec<(f32, EmRun)> = starts
+            .into_par_iter()
+            .map(|start| {
+                let run = self.em(&fixed, q.clone(), start, &face, radius);
+                let score = run
+                    .skin
+                    .as_ref()
+                    .map_or(0.0, |s| self.anchor_coverage(s, &run.q));
+                (score, run)
+            })
+            .collect();
+        let mut best = 0;
+        for (i, r) in runs.iter().enumerate() {
+            if r.0 > runs[best].0 {
+                best = i;
             }
         }
-        // The loop runs EM at least once (without starts, once without appearance).
-        let (_, mut run) = best.expect("at least one EM run");
+        let Some((_, mut run)) = runs.into_iter().nth(best) else {
+            return;
+        };
         self.extend(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
         self.occluded.values = run.q;
     }
