@@ -201,8 +201,8 @@ fn dot(img: &mut RgbImage, p: [f32; 2], r: i32, colour: Rgb<u8>) {
 fn draw_overlay(photo: &Photo, found: &visage_core::perception::PerceptionResult) -> RgbImage {
     let mut img = photo.to_rgb_image();
     let r = ((img.width().max(img.height()) as f32) / 600.0).ceil() as i32;
-    // Occluded face pixels tinted magenta by their probability, the rest of the face
-    // region slightly green.
+    // Occluded face pixels tinted magenta by their probability (also where an occluder
+    // continues past the face oval's lower edge), the rest of the face region slightly green.
     for f in &found.faces {
         let Some(occ) = &f.occlusion else { continue };
         let (m, face) = (occ.occluded(), occ.face_mask());
@@ -211,10 +211,10 @@ fn draw_overlay(photo: &Photo, found: &visage_core::perception::PerceptionResult
         for y in m.y0..y1 {
             for x in m.x0..x1 {
                 let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                if face.sample(px, py) < 0.5 {
+                let a = m.sample(px, py).clamp(0.0, 1.0);
+                if face.sample(px, py) < 0.5 && a < 0.5 {
                     continue;
                 }
-                let a = m.sample(px, py).clamp(0.0, 1.0);
                 let tint = [255.0 * a, 255.0 * (1.0 - a), 255.0 * a];
                 let k = 0.15 + 0.35 * a;
                 let p = img.get_pixel_mut(x, y);

@@ -7,22 +7,23 @@
 mod occlusion_eval;
 
 use occlusion_eval::{
-    Fixture, fixture_paths, iou_stats, load_fixture, perception, report, run_case,
+    Fixture, fixture_paths, iou_stats, load_fixture, perception, report, run_case, seed_for,
 };
-use visage_core::perception::synthetic::OccluderKind;
+use visage_core::perception::synthetic::{self, OccluderKind};
+use visage_core::perception::{Occlusion, OcclusionOptions, Perception};
 
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.66, mask 0.60, hand 0.32,
-/// blobs 0.49; `docs/perception.md`). The goal is 0.75; these are not it.
+/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.76, hand 0.33,
+/// blobs 0.47; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.60,
-        OccluderKind::SurgicalMask => 0.55,
-        OccluderKind::Hand => 0.27,
-        OccluderKind::Blobs => 0.43,
+        OccluderKind::Sunglasses => 0.63,
+        OccluderKind::SurgicalMask => 0.71,
+        OccluderKind::Hand => 0.28,
+        OccluderKind::Blobs => 0.42,
     }
 }
 
@@ -69,4 +70,75 @@ fn occlusion_mask_matches_synthetic_occluders() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Pixels predicted occluded outside the face oval, and how many of them the occluder's
+/// true mask covers (`truth` = `None`: no occluder).
+fn occluded_outside_oval(
+    p: &Perception,
+    image: &image::RgbImage,
+    truth: Option<&image::GrayImage>,
+    options: &OcclusionOptions,
+) -> (usize, usize, usize) {
+    let result = p.run(image).expect("perception");
+    let face = result
+        .faces
+        .iter()
+        .find(|f| f.has_landmarks())
+        .expect("a face with landmarks");
+    let occ = Occlusion::estimate(
+        image,
+        face.landmarks.as_ref().unwrap(),
+        &result.hands,
+        result.person_mask.as_ref(),
+        options,
+    );
+    let (mut outside, mut outside_true, mut face_area) = (0, 0, 0);
+    for (x, y, _) in image.enumerate_pixels() {
+        let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+        if occ.face_mask().sample(px, py) >= 0.5 {
+            face_area += 1;
+        } else if occ.occluded().sample(px, py) > 0.5 {
+            outside += 1;
+            outside_true += truth.is_some_and(|t| t.get_pixel(x, y).0[0] > 0) as usize;
+        }
+    }
+    (outside, outside_true, face_area)
+}
+
+/// FaceMesh draws a smaller chin under a mask: the occlusion mask follows the mask past the
+/// oval (onto the mask, not elsewhere), not without the extension, and not on the clean face.
+#[test]
+fn mask_is_followed_past_the_jaw_line() {
+    let p = perception();
+    let path = &fixture_paths()[0];
+    let fx = load_fixture(&p, 0, path, None);
+    assert_eq!(fx.name, "astronaut");
+    let comp = synthetic::composite(
+        &fx.image,
+        &fx.landmarks,
+        OccluderKind::SurgicalMask,
+        seed_for(0, 0),
+    );
+    let options = OcclusionOptions::default();
+    let (outside, on_mask, face) =
+        occluded_outside_oval(&p, &comp.image, Some(&comp.mask), &options);
+    println!(
+        "masked: {outside} px occluded outside the oval, {on_mask} on the mask; face {face} px"
+    );
+    assert!(outside as f32 > 0.02 * face as f32, "{outside} of {face}");
+    assert!(
+        on_mask as f32 > 0.9 * outside as f32,
+        "{on_mask} of {outside}"
+    );
+
+    let without = OcclusionOptions {
+        extension: 0.0,
+        ..options.clone()
+    };
+    let (outside, _, _) = occluded_outside_oval(&p, &comp.image, Some(&comp.mask), &without);
+    assert_eq!(outside, 0, "without the extension");
+
+    let (outside, _, _) = occluded_outside_oval(&p, &fx.image, None, &options);
+    assert_eq!(outside, 0, "clean face");
 }

@@ -16,18 +16,25 @@
 //!   occluded) and a uniform outlier density. The skin model starts from the chromaticity
 //!   mode that covers most skin anchors (forehead, under the eyes, nose, cheeks, chin: the
 //!   skin is the one colour found all over the face, an occluder covers a few of them) and is
-//!   refitted with rejection tightening from 4 to 3 standard deviations. Eyes, brows, lips
-//!   and the mouth are expected *not* to look like skin: there the face hypothesis is a broad
-//!   density, and only an occluder model that explains the pixels better marks them occluded
-//!   (sunglasses over an eye, a mask over the lips).
+//!   refitted with rejection tightening from 4 to 3 standard deviations; when the runner-up
+//!   mode scored close, EM also runs from it and the converged skin model that leaves more
+//!   anchors visible wins (a large occluder taken for the skin leaves the face "occluded").
+//!   Eyes, brows, lips and the mouth are expected *not* to look like skin: there the face
+//!   hypothesis is a broad density, and only an occluder model that explains the pixels
+//!   better marks them occluded (sunglasses over an eye, a mask over the lips).
 //!
 //! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
 //! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
-//! models (EM). [`Occlusion::refine_with_residuals`] adds the fitting stage's photometric
-//! residuals as one more log-odds term and solves again (occlusion-aware fitting).
+//! models (EM). FaceMesh draws a smaller chin under a mask, a scarf or a hand, so where an
+//! occluder covers most of the oval's lower rim the mask follows it past the oval, up to
+//! [`OcclusionOptions::extension`] of the face width, through cells that look like the
+//! occluder (or that a hand covers) and connect to it. [`Occlusion::refine_with_residuals`]
+//! adds the fitting stage's photometric residuals as one more log-odds term and solves again
+//! (occlusion-aware fitting).
 //!
 //! Everything runs on a grid over the face's bounding box (at most
-//! [`OcclusionOptions::max_grid`] cells on the long side, whole photo pixels per cell), so
+//! [`OcclusionOptions::max_grid`] cells on the long side of the box, whole photo pixels per
+//! cell; the grid reaches past the box by the extension), so
 //! the cost does not grow with the photo size. [`PixelMap::sample`] maps back to photo
 //! pixels.
 //!
@@ -245,11 +252,54 @@ impl Occlusion {
         let pts: Vec<[f32; 2]> = face.points.iter().map(|p| [p[0], p[1]]).collect();
         let face_width = dist(pts[234], pts[454]).max(1.0);
         let extension = options.extension.max(0.0) * face_width;
-        let grid = Grid::new(photo, &pts, options.max_grid, extension);
+        let oval = polygon(&pts, &FACE_OVAL);
+
+        // Face coordinates: origin at the oval's centroid, x along the eye line, unit = face
+        // width.
+        let (ex, ey) = {
+            let (a, b) = (pts[33], pts[263]);
+            let l = dist(a, b).max(1e-3);
+            (
+                [(b[0] - a[0]) / l, (b[1] - a[1]) / l],
+                [-(b[1] - a[1]) / l, (b[0] - a[0]) / l],
+            )
+        };
+        let origin = centroid(&oval);
+        let to_face = |p: [f32; 2]| {
+            let d = [p[0] - origin[0], p[1] - origin[1]];
+            [
+                (d[0] * ex[0] + d[1] * ex[1]) / face_width,
+                (d[0] * ey[0] + d[1] * ey[1]) / face_width,
+            ]
+        };
+        // The grid also covers the extension band: the oval's lower points widened by the
+        // extension.
+        let band_box = (extension > 0.0)
+            .then(|| {
+                oval.iter()
+                    .filter(|p| {
+                        let [u, v] = to_face(**p);
+                        v > BAND_SLOPE * u.abs()
+                    })
+                    .fold(None, |b: Option<[f32; 4]>, p| {
+                        let b = b.unwrap_or([p[0], p[1], p[0], p[1]]);
+                        Some([
+                            b[0].min(p[0]),
+                            b[1].min(p[1]),
+                            b[2].max(p[0]),
+                            b[3].max(p[1]),
+                        ])
+                    })
+                    .map(|b| {
+                        let m = extension;
+                        [b[0] - m, b[1] - m, b[2] + m, b[3] + m]
+                    })
+            })
+            .flatten();
+        let grid = Grid::new(photo, &pts, options.max_grid, band_box);
         let n = grid.width * grid.height;
 
         // Zones.
-        let oval = polygon(&pts, &FACE_OVAL);
         let features: Vec<Vec<[f32; 2]>> = [
             &RIGHT_EYE[..],
             &LEFT_EYE[..],
@@ -326,29 +376,8 @@ impl Occlusion {
             }
         }
 
-        // Face coordinates: origin between the eyes' outer corners' midpoint and the chin,
-        // x along the eye line, unit = face width.
-        let (ex, ey) = {
-            let (a, b) = (pts[33], pts[263]);
-            let l = dist(a, b).max(1e-3);
-            (
-                [(b[0] - a[0]) / l, (b[1] - a[1]) / l],
-                [-(b[1] - a[1]) / l, (b[0] - a[0]) / l],
-            )
-        };
-        let origin = {
-            let c = centroid(&oval);
-            [c[0], c[1]]
-        };
         let coords: Vec<[f32; 2]> = (0..n)
-            .map(|k| {
-                let p = grid.center(k % grid.width, k / grid.width);
-                let d = [p[0] - origin[0], p[1] - origin[1]];
-                [
-                    (d[0] * ex[0] + d[1] * ex[1]) / face_width,
-                    (d[0] * ey[0] + d[1] * ey[1]) / face_width,
-                ]
-            })
+            .map(|k| to_face(grid.center(k % grid.width, k / grid.width)))
             .collect();
 
         // The extension band below the oval's lower part, within `extension` of it, and the
@@ -663,23 +692,24 @@ impl Occlusion {
                 // Occluder colours the skin model explains where they are are not appearance
                 // evidence (a skin-coloured occluder is the hand detector's job): drop such
                 // components.
-                occluder = Gmm::fit(&self.features, &self.zones, &q, 3).and_then(|mut g| {
-                    let places = g.places(&self.features, &self.coords, &self.zones, &q);
-                    let keep: Vec<bool> = g
-                        .components
-                        .iter()
-                        .zip(&places)
-                        .map(|(c, place)| {
-                            let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
-                            let cov = s.chroma_cov(m);
-                            let d = s.log_density_diffuse(m, *place, &cov);
-                            d < LOG_UNIFORM + 3.0
-                        })
-                        .collect();
-                    let mut keep = keep.into_iter();
-                    g.components.retain(|_| keep.next().unwrap_or(false));
-                    (!g.components.is_empty()).then_some(g)
-                });
+                occluder =
+                    Gmm::fit(&self.features, &self.zones, &q, MAX_COMPONENTS).and_then(|mut g| {
+                        let places = g.places(&self.features, &self.coords, &self.zones, &q);
+                        let keep: Vec<bool> = g
+                            .components
+                            .iter()
+                            .zip(&places)
+                            .map(|(c, place)| {
+                                let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
+                                let cov = s.chroma_cov(m);
+                                let d = s.log_density_diffuse(m, *place, &cov);
+                                d < LOG_UNIFORM + 3.0
+                            })
+                            .collect();
+                        let mut keep = keep.into_iter();
+                        g.components.retain(|_| keep.next().unwrap_or(false));
+                        (!g.components.is_empty()).then_some(g)
+                    });
                 let a = (0..n)
                     .map(|k| {
                         if self.zones[k] == Zone::Outside {
@@ -927,9 +957,9 @@ struct Grid {
 }
 
 impl Grid {
-    /// The grid over the face oval's box widened by 5 % of its longer side plus `extra`
-    /// pixels.
-    fn new(photo: &RgbImage, pts: &[[f32; 2]], max_grid: usize, extra: f32) -> Grid {
+    /// The grid over the face oval's box widened by 5 % of its longer side, and over
+    /// `extra` (photo pixels, `[x0, y0, x1, y1]`).
+    fn new(photo: &RgbImage, pts: &[[f32; 2]], max_grid: usize, extra: Option<[f32; 4]>) -> Grid {
         let (pw, ph) = photo.dimensions();
         let mut b = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
         for &i in FACE_OVAL.iter() {
@@ -951,9 +981,17 @@ impl Grid {
             let (bw, bh) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
             bw.max(bh).div_ceil(max_grid.max(8) as u32).max(1)
         };
-        let m = m + extra;
-        let (x0, y0) = (clampx((b[0] - m).floor()), clampy((b[1] - m).floor()));
-        let (x1, y1) = (clampx((b[2] + m).ceil()), clampy((b[3] + m).ceil()));
+        let mut b = [b[0] - m, b[1] - m, b[2] + m, b[3] + m];
+        if let Some(e) = extra {
+            b = [
+                b[0].min(e[0]),
+                b[1].min(e[1]),
+                b[2].max(e[2]),
+                b[3].max(e[3]),
+            ];
+        }
+        let (x0, y0) = (clampx(b[0].floor()), clampy(b[1].floor()));
+        let (x1, y1) = (clampx(b[2].ceil()), clampy(b[3].ceil()));
         let (bw, bh) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
         let width = bw.div_ceil(cell) as usize;
         let height = bh.div_ceil(cell) as usize;
@@ -1404,6 +1442,9 @@ fn chroma_noise_sd(f: [f32; 3]) -> f64 {
     0.004 / (f[2] as f64).exp()
 }
 
+/// Most components of the occluder colour model.
+const MAX_COMPONENTS: usize = 3;
+
 /// A small Gaussian mixture in feature space (the occluder's colours).
 #[derive(Debug, Clone)]
 struct Gmm {
@@ -1517,10 +1558,10 @@ impl Gmm {
             }
             let f = features[k];
             let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
-            let ls: Vec<f64> = self.components.iter().map(|c| log_gauss(c, &x)).collect();
-            let m = ls.iter().cloned().fold(f64::MIN, f64::max);
-            let total: f64 = ls.iter().map(|l| (l - m).exp()).sum();
-            for (c, l) in ls.iter().enumerate() {
+            let (ls, n) = self.log_components(&x);
+            let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = ls[..n].iter().map(|l| (l - m).exp()).sum();
+            for (c, l) in ls[..n].iter().enumerate() {
                 let r = (l - m).exp() / total * q[k] as f64;
                 sums[c].0 += r * coords[k][0] as f64;
                 sums[c].1 += r * coords[k][1] as f64;
@@ -1540,9 +1581,20 @@ impl Gmm {
 
     fn log_density(&self, f: [f32; 3]) -> f32 {
         let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
-        let ls: Vec<f64> = self.components.iter().map(|c| log_gauss(c, &x)).collect();
-        let m = ls.iter().cloned().fold(f64::MIN, f64::max);
-        (m + ls.iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+        let (ls, n) = self.log_components(&x);
+        let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
+        (m + ls[..n].iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+    }
+
+    /// Each component's weighted log density at `x` (at most `MAX_COMPONENTS`, on the
+    /// stack: this runs for every cell in every EM round).
+    fn log_components(&self, x: &Vector3<f64>) -> ([f64; MAX_COMPONENTS], usize) {
+        let mut ls = [f64::MIN; MAX_COMPONENTS];
+        let n = self.components.len().min(MAX_COMPONENTS);
+        for (l, c) in ls.iter_mut().zip(&self.components) {
+            *l = log_gauss(c, x);
+        }
+        (ls, n)
     }
 }
 
