@@ -15,14 +15,14 @@ use visage_core::perception::{Occlusion, OcclusionOptions, Perception};
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.76, hand 0.33,
+/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.71, hand 0.35,
 /// blobs 0.47; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
         OccluderKind::Sunglasses => 0.63,
-        OccluderKind::SurgicalMask => 0.71,
-        OccluderKind::Hand => 0.28,
+        OccluderKind::SurgicalMask => 0.66,
+        OccluderKind::Hand => 0.30,
         OccluderKind::Blobs => 0.42,
     }
 }

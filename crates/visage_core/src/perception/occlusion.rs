@@ -689,25 +689,24 @@ impl Occlusion {
                     first,
                 );
                 first = false;
-                // Occluder colours the skin model explains where they are are not appearance
-                // evidence (a skin-coloured occluder is the hand detector's job): drop such
-                // components.
+                // Occluder colours the skin model explains somewhere on the face are not
+                // appearance evidence (a skin-coloured occluder is the hand detector's job,
+                // and a colour the skin takes somewhere, in shadow or in a highlight, is not
+                // an occluder elsewhere): drop such components.
                 occluder =
                     Gmm::fit(&self.features, &self.zones, &q, MAX_COMPONENTS).and_then(|mut g| {
-                        let places = g.places(&self.features, &self.coords, &self.zones, &q);
-                        let keep: Vec<bool> = g
-                            .components
-                            .iter()
-                            .zip(&places)
-                            .map(|(c, place)| {
-                                let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
-                                let cov = s.chroma_cov(m);
-                                let d = s.log_density_diffuse(m, *place, &cov);
-                                d < LOG_UNIFORM + 3.0
-                            })
-                            .collect();
-                        let mut keep = keep.into_iter();
-                        g.components.retain(|_| keep.next().unwrap_or(false));
+                        g.components.retain(|c| {
+                            let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
+                            let cov = s.chroma_cov(m);
+                            let near = self
+                                .coords
+                                .iter()
+                                .zip(&self.zones)
+                                .filter(|(_, z)| **z == Zone::Skin)
+                                .map(|(cc, _)| s.log_density_diffuse(m, *cc, &cov))
+                                .fold(f32::MIN, f32::max);
+                            near < LOG_UNIFORM + 3.0
+                        });
                         (!g.components.is_empty()).then_some(g)
                     });
                 let a = (0..n)
@@ -1059,8 +1058,8 @@ struct SkinModel {
 }
 
 /// The log-luminance band around the shading field the skin may take without penalty:
-/// shadows down to `SHADOW` (×0.4 in linear light), highlights up to `HIGHLIGHT` (×1.6).
-const SHADOW: f64 = -0.9;
+/// shadows down to `SHADOW` (×0.37 in linear light), highlights up to `HIGHLIGHT` (×1.6).
+const SHADOW: f64 = -1.0;
 const HIGHLIGHT: f64 = 0.45;
 const BAND_TAIL: f64 = 0.15;
 
@@ -1539,44 +1538,6 @@ impl Gmm {
         } else {
             Some(Gmm { components })
         }
-    }
-
-    /// Where each component is: the mean face coordinates of the face cells it explains,
-    /// weighted by the occlusion probability and its responsibility.
-    fn places(
-        &self,
-        features: &[[f32; 3]],
-        coords: &[[f32; 2]],
-        zones: &[Zone],
-        q: &[f32],
-    ) -> Vec<[f32; 2]> {
-        let nc = self.components.len();
-        let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); nc];
-        for k in 0..zones.len() {
-            if zones[k] == Zone::Outside || q[k] <= 0.05 {
-                continue;
-            }
-            let f = features[k];
-            let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
-            let (ls, n) = self.log_components(&x);
-            let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
-            let total: f64 = ls[..n].iter().map(|l| (l - m).exp()).sum();
-            for (c, l) in ls[..n].iter().enumerate() {
-                let r = (l - m).exp() / total * q[k] as f64;
-                sums[c].0 += r * coords[k][0] as f64;
-                sums[c].1 += r * coords[k][1] as f64;
-                sums[c].2 += r;
-            }
-        }
-        sums.iter()
-            .map(|s| {
-                if s.2 > 0.0 {
-                    [(s.0 / s.2) as f32, (s.1 / s.2) as f32]
-                } else {
-                    [0.0, 0.0]
-                }
-            })
-            .collect()
     }
 
     fn log_density(&self, f: [f32; 3]) -> f32 {
