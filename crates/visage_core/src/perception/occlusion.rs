@@ -276,24 +276,11 @@ impl Occlusion {
         // extension.
         let band_box = (extension > 0.0)
             .then(|| {
-                oval.iter()
-                    .filter(|p| {
-                        let [u, v] = to_face(**p);
-                        v > BAND_SLOPE * u.abs()
-                    })
-                    .fold(None, |b: Option<[f32; 4]>, p| {
-                        let b = b.unwrap_or([p[0], p[1], p[0], p[1]]);
-                        Some([
-                            b[0].min(p[0]),
-                            b[1].min(p[1]),
-                            b[2].max(p[0]),
-                            b[3].max(p[1]),
-                        ])
-                    })
-                    .map(|b| {
-                        let m = extension;
-                        [b[0] - m, b[1] - m, b[2] + m, b[3] + m]
-                    })
+                let lower = oval.iter().filter(|p| {
+                    let [u, v] = to_face(**p);
+                    v > BAND_SLOPE * u.abs()
+                });
+                widened_box(lower, extension)
             })
             .flatten();
         let grid = Grid::new(photo, &pts, options.max_grid, band_box);
@@ -314,21 +301,7 @@ impl Occlusion {
         let feature_margin = 0.04 * face_width;
         let feature_boxes: Vec<[f32; 4]> = features
             .iter()
-            .map(|poly| {
-                poly.iter()
-                    .fold([f32::MAX, f32::MAX, f32::MIN, f32::MIN], |b, q| {
-                        [
-                            b[0].min(q[0]),
-                            b[1].min(q[1]),
-                            b[2].max(q[0]),
-                            b[3].max(q[1]),
-                        ]
-                    })
-            })
-            .map(|b| {
-                let m = feature_margin;
-                [b[0] - m, b[1] - m, b[2] + m, b[3] + m]
-            })
+            .map(|poly| widened_box(poly.iter(), feature_margin).unwrap_or([0.0; 4]))
             .collect();
         let mut zones = vec![Zone::Outside; n];
         let mut face_values = vec![0.0f32; n];
@@ -1621,6 +1594,22 @@ impl HandShape {
 /// The polygon through the given landmark indices.
 fn polygon(pts: &[[f32; 2]], idx: &[usize]) -> Vec<[f32; 2]> {
     idx.iter().map(|&i| pts[i]).collect()
+}
+
+/// The bounding box `[x0, y0, x1, y1]` of points widened by `margin` on every side; `None`
+/// without points.
+fn widened_box<'a>(points: impl Iterator<Item = &'a [f32; 2]>, margin: f32) -> Option<[f32; 4]> {
+    points
+        .fold(None, |b: Option<[f32; 4]>, p| {
+            let b = b.unwrap_or([p[0], p[1], p[0], p[1]]);
+            Some([
+                b[0].min(p[0]),
+                b[1].min(p[1]),
+                b[2].max(p[0]),
+                b[3].max(p[1]),
+            ])
+        })
+        .map(|b| [b[0] - margin, b[1] - margin, b[2] + margin, b[3] + margin])
 }
 
 fn centroid(poly: &[[f32; 2]]) -> [f32; 2] {
