@@ -4,6 +4,7 @@
 //! (`NonMaxSuppressionCalculator` with `algorithm: WEIGHTED`).
 
 use super::ops::sigmoid_f32;
+use super::roi::RotatedRect;
 
 /// Options of MediaPipe's SSD anchor generator, as its calculator options name them.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +163,20 @@ pub struct RawDetection {
     pub keypoints: Vec<[f32; 2]>,
     /// Sigmoid score.
     pub score: f32,
+}
+
+impl RawDetection {
+    /// The box `[xmin, ymin, xmax, ymax]` and the first `K` keypoints mapped from the network
+    /// input (normalised to the crop `rect`) to photo pixels.
+    pub fn to_photo<const K: usize>(&self, rect: &RotatedRect) -> ([f32; 4], [[f32; 2]; K]) {
+        let a = rect.to_photo(self.bbox[0], self.bbox[1]);
+        let b = rect.to_photo(self.bbox[2], self.bbox[3]);
+        let mut keypoints = [[0f32; 2]; K];
+        for (k, kp) in keypoints.iter_mut().zip(&self.keypoints) {
+            *k = rect.to_photo(kp[0], kp[1]);
+        }
+        ([a[0], a[1], b[0], b[1]], keypoints)
+    }
 }
 
 /// Decodes every box whose score passes `min_score_thresh` (coordinates normalised to the

@@ -1065,8 +1065,8 @@ fn truncated_variance(t: f64) -> f64 {
 impl SkinModel {
     /// Fits the model to the skin-zone cells, weighted by `1 - q`, rejecting cells beyond a
     /// threshold that tightens from 4 to 3 standard deviations (so the fit can spread from
-    /// its start over smoothly varying light, then settles). Without a previous model it
-    /// starts from the mode of the skin-locus weighted chromaticity histogram.
+    /// its start over smoothly varying light, then settles; `first`: the fit from a start of
+    /// [`SkinModel::initial`], else a refit of the previous round's model, at 3).
     fn fit(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
@@ -1104,6 +1104,8 @@ impl SkinModel {
         model
     }
 
+    /// Starts for the skin model: the chromaticity histogram mode that covers the most skin
+    /// anchors, and the runner-up when it scored at least [`RUNNER_UP`] of the best.
     fn initial(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
@@ -1200,23 +1202,24 @@ impl SkinModel {
             .iter()
             .take(2)
             .filter(|(s, _)| *s >= RUNNER_UP * top_score)
-            .map(|(_, p)| Self::start_at(features, coords, cells, q, *p))
+            .map(|(_, p)| {
+                let m = [centre_of(p.0) as f64, centre_of(p.1) as f64];
+                Self::start_at(features, coords, cells, q, m)
+            })
             .collect()
     }
 
-    /// A start for the skin model at a chromaticity histogram peak.
+    /// A start for the skin model at a chromaticity (a histogram peak).
     fn start_at(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         cells: &[usize],
         q: &[f32],
-        best: (usize, usize, f32),
+        chroma: [f64; 2],
     ) -> SkinModel {
-        const B: usize = 120;
-        let centre = |b: usize| ((b as f32 + 0.5) / B as f32 * 3.0 - 1.5) as f64;
         let constant = |v: f64| SVector::<f64, 3>::from([v, 0.0, 0.0]);
         let mut start = SkinModel {
-            chroma: [constant(centre(best.0)), constant(centre(best.1))],
+            chroma: [constant(chroma[0]), constant(chroma[1])],
             cov: Matrix2::from_diagonal_element(0.05 * 0.05),
             shading: SVector::<f64, 6>::zeros(),
         };
@@ -1247,8 +1250,9 @@ impl SkinModel {
         start
     }
 
-    /// Weighted least squares for the chromaticity and shading fields (ridge towards the
-    /// previous fields' slopes), weighted covariance of the chromaticity residuals (divided
+    /// Weighted least squares for the chromaticity and shading fields (ridges: the shading's
+    /// terms towards the previous model's, the chromaticity's slopes towards zero), weighted
+    /// covariance of the chromaticity residuals (divided
     /// by `truncation`, floored). `None` when the weights vanish.
     fn weighted(
         features: &[[f32; 3]],

@@ -295,14 +295,9 @@ impl Model {
                 self.postprocess_with(&reg, &cls, t)
                     .into_iter()
                     .map(|d| {
-                        let a = rect.to_photo(d.bbox[0], d.bbox[1]);
-                        let b = rect.to_photo(d.bbox[2], d.bbox[3]);
-                        let mut keypoints = [[0f32; 2]; 7];
-                        for (k, kp) in keypoints.iter_mut().zip(&d.keypoints) {
-                            *k = rect.to_photo(kp[0], kp[1]);
-                        }
+                        let (bbox, keypoints) = d.to_photo(&rect);
                         PalmDetection {
-                            bbox: [a[0], a[1], b[0], b[1]],
+                            bbox,
                             keypoints,
                             score: d.score,
                         }
