@@ -68,6 +68,7 @@ pub fn run(
                 "landmarks": h.landmarks.points.iter().map(|p| orig([p[0], p[1]])).collect::<Vec<_>>(),
                 "presence": h.landmarks.presence,
                 "right_hand": h.landmarks.right_hand,
+                "found_by": if h.palm.is_some() { "palm detection" } else { "hand search" },
             })
         })
         .collect();
@@ -78,6 +79,7 @@ pub fn run(
         "iris_ms": ms(t.iris),
         "palm_detection_ms": ms(t.palm_detection),
         "hand_landmarks_ms": ms(t.hand_landmarks),
+        "hand_search_ms": ms(t.hand_search),
         "segmentation_ms": ms(t.segmentation),
         "occlusion_ms": ms(t.occlusion),
         "total_ms": ms(t.total),
@@ -167,11 +169,21 @@ pub fn run(
             writeln!(o).ok();
         }
     }
-    writeln!(o, "hands       {}", found.hands.len()).ok();
+    let searched = found.hands.iter().filter(|h| h.palm.is_none()).count();
+    if searched > 0 {
+        writeln!(
+            o,
+            "hands       {} ({searched} found by the hand search around a face)",
+            found.hands.len()
+        )
+        .ok();
+    } else {
+        writeln!(o, "hands       {}", found.hands.len()).ok();
+    }
     writeln!(
         o,
-        "timings     detection {} ms, mesh {} ms, iris {} ms, palms {} ms, hands {} ms, segmentation {} ms, occlusion {} ms, total {} ms",
-        ms(t.face_detection), ms(t.face_mesh), ms(t.iris), ms(t.palm_detection), ms(t.hand_landmarks), ms(t.segmentation), ms(t.occlusion), ms(t.total)
+        "timings     detection {} ms, mesh {} ms, iris {} ms, palms {} ms, hands {} ms, hand search {} ms, segmentation {} ms, occlusion {} ms, total {} ms",
+        ms(t.face_detection), ms(t.face_mesh), ms(t.iris), ms(t.palm_detection), ms(t.hand_landmarks), ms(t.hand_search), ms(t.segmentation), ms(t.occlusion), ms(t.total)
     )
     .ok();
     if let Some(out) = overlay {

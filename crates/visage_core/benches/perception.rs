@@ -1,5 +1,6 @@
 //! Perception benchmarks: each network's forward pass on its fixture input, the face chain
-//! (detection + FaceMesh + iris on the astronaut photo), and the depthwise convolution
+//! (detection + FaceMesh + iris on the astronaut photo, everything, the occlusion mask, the
+//! hand search with and without a synthetic hand), and the depthwise convolution
 //! kernel against candle's grouped convolution.
 //!
 //! `cargo bench -p visage_core --bench perception`. Inputs are the committed fixtures
@@ -15,9 +16,10 @@ use candle_nn::VarBuilder;
 use criterion::{Criterion, criterion_group, criterion_main};
 use image::RgbImage;
 use visage_core::perception::ops::{Activation, DepthwiseConv2d, Padding, images_to_tensor};
+use visage_core::perception::synthetic::{self, OccluderKind};
 use visage_core::perception::{
-    FaceDetectorMode, Occlusion, OcclusionOptions, Perception, PerceptionOptions, blazeface,
-    face_mesh, hand_landmark, iris, palm, selfie,
+    FaceDetectorMode, HandSearchOptions, Occlusion, OcclusionOptions, Perception,
+    PerceptionOptions, blazeface, face_mesh, hand_landmark, iris, palm, selfie,
 };
 
 const SEED: u32 = 7;
@@ -117,9 +119,40 @@ fn face_chain(c: &mut Criterion) {
     g.bench_function("astronaut_everything", |b| {
         b.iter(|| black_box(all.run(&photo).unwrap()))
     });
+    let mut no_search = p.clone();
+    no_search.set_options(PerceptionOptions {
+        hand_search: None,
+        ..PerceptionOptions::default()
+    });
+    g.bench_function("astronaut_everything_without_hand_search", |b| {
+        b.iter(|| black_box(no_search.run(&photo).unwrap()))
+    });
     // The occlusion mask alone, from the networks' results.
     let found = all.run(&photo).unwrap();
     let landmarks = found.faces[0].landmarks.clone().unwrap();
+    // The hand search around the face: eight proposals on the clean photo (no hand, so no
+    // refinement), and on the photo with a synthetic hand (seed 0), where two candidates
+    // are re-cropped twice.
+    let search = HandSearchOptions::default();
+    g.bench_function("astronaut_hand_search_no_hand", |b| {
+        b.iter(|| black_box(all.search_hand(&photo, &landmarks.points, &search).unwrap()))
+    });
+    let hand = synthetic::composite(&photo, &landmarks.points, OccluderKind::Hand, 0).image;
+    let hand_landmarks = all.run(&hand).unwrap().faces[0].landmarks.clone().unwrap();
+    assert_eq!(
+        all.search_hand(&hand, &hand_landmarks.points, &search)
+            .unwrap()
+            .len(),
+        1
+    );
+    g.bench_function("astronaut_hand_search_synthetic_hand", |b| {
+        b.iter(|| {
+            black_box(
+                all.search_hand(&hand, &hand_landmarks.points, &search)
+                    .unwrap(),
+            )
+        })
+    });
     let options = OcclusionOptions::default();
     g.bench_function("astronaut_occlusion_mask", |b| {
         b.iter(|| {

@@ -51,6 +51,8 @@ pub struct Fixture {
     pub clean_fp: f32,
     /// Pixels predicted occluded on the clean photo (row-major).
     pub clean_predicted: Vec<bool>,
+    /// Hands the perception networks found on the clean photo (none are there).
+    pub clean_hands: usize,
 }
 
 /// The result of one composite.
@@ -187,6 +189,7 @@ pub fn load_fixture(
         region,
         clean_fp: fp,
         clean_predicted,
+        clean_hands: result.hands.len(),
     }
 }
 

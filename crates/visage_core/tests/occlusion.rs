@@ -16,14 +16,14 @@ use visage_core::photo::{IngestOptions, Photo};
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.71, hand 0.35,
+/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.74, hand 0.61,
 /// blobs 0.47; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
         OccluderKind::Sunglasses => 0.63,
         OccluderKind::SurgicalMask => 0.66,
-        OccluderKind::Hand => 0.30,
+        OccluderKind::Hand => 0.55,
         OccluderKind::Blobs => 0.42,
     }
 }
@@ -63,6 +63,13 @@ fn occlusion_mask_matches_synthetic_occluders() {
         }
     }
     for f in &fixtures {
+        // No hands are in the clean photos: the hand search must not see one in a face.
+        if f.clean_hands > 0 {
+            failures.push(format!(
+                "{}: {} hands on the clean photo",
+                f.name, f.clean_hands
+            ));
+        }
         if f.clean_fp > MAX_CLEAN_FP {
             failures.push(format!(
                 "{}: clean false-positive area {:.3} > {MAX_CLEAN_FP}",
@@ -71,6 +78,50 @@ fn occlusion_mask_matches_synthetic_occluders() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A synthetic hand that the palm detector misses (over the eye of the second fixture face,
+/// seed 1000) is found by the hand search around the face, and its landmarks lie on it.
+#[test]
+fn hand_search_finds_a_hand_the_palm_detector_misses() {
+    let p = perception();
+    let fx = load_fixture(&p, 1, &fixture_paths()[1], None);
+    let comp = synthetic::composite(&fx.image, &fx.landmarks, OccluderKind::Hand, seed_for(1, 0));
+    let without = Perception::load(
+        &visage_core::perception::default_nets_dir(),
+        PerceptionOptions {
+            hand_search: None,
+            occlusion: None,
+            ..PerceptionOptions::default()
+        },
+    )
+    .expect("perception networks");
+    let palms_only = without.run(&comp.image).expect("perception");
+    assert!(
+        palms_only.hands.is_empty(),
+        "the palm detector found this hand"
+    );
+
+    let found = p.run(&comp.image).expect("perception");
+    assert_eq!(found.hands.len(), 1, "the hand search found no hand");
+    let hand = &found.hands[0];
+    assert!(hand.palm.is_none());
+    assert!(hand.landmarks.presence >= 0.85);
+    let on_hand = hand
+        .landmarks
+        .points
+        .iter()
+        .filter(|q| {
+            let (x, y) = (q[0].round() as i64, q[1].round() as i64);
+            (0..comp.mask.width() as i64).contains(&x)
+                && (0..comp.mask.height() as i64).contains(&y)
+                && comp.mask.get_pixel(x as u32, y as u32).0[0] > 0
+        })
+        .count();
+    assert!(
+        on_hand >= 17,
+        "{on_hand} of 21 hand landmarks on the synthetic hand"
+    );
 }
 
 /// Pixels predicted occluded outside the face oval, and how many of them the occluder's
@@ -164,21 +215,23 @@ fn development_photos_occluded_share() {
         PerceptionOptions::default(),
     )
     .expect("perception networks");
-    // (photo, lowest accepted share, highest accepted share); thresholds: measured ± about
-    // 0.07 (the unoccluded ones: at most 0.12, the beard counts as occluded).
-    let cases: [(&str, f32, f32); 9] = [
-        ("frontal_01.jpg", 0.0, 0.12),
-        ("frontal_02.jpg", 0.0, 0.12),
-        ("frontal_03.jpg", 0.0, 0.12),
-        ("frontal_04.jpg", 0.0, 0.12),
-        ("three_quarter_unoccluded_01.png", 0.0, 0.28),
-        ("face_mask_01.jpg", 0.35, 0.7),
-        ("face_mask_02.jpg", 0.35, 0.7),
-        ("sunglasses_01.jpg", 0.45, 0.75),
-        ("hand_over_eye_01.jpg", 0.12, 0.4),
+    // (photo, lowest accepted share, highest accepted share, whether a hand is there);
+    // thresholds: measured ± about 0.07 (the unoccluded ones: at most 0.12, the beard counts
+    // as occluded). No hand may be found where there is none (the hand search looks at
+    // every face).
+    let cases: [(&str, f32, f32, bool); 9] = [
+        ("frontal_01.jpg", 0.0, 0.12, false),
+        ("frontal_02.jpg", 0.0, 0.12, false),
+        ("frontal_03.jpg", 0.0, 0.12, false),
+        ("frontal_04.jpg", 0.0, 0.12, false),
+        ("three_quarter_unoccluded_01.png", 0.0, 0.28, false),
+        ("face_mask_01.jpg", 0.35, 0.7, false),
+        ("face_mask_02.jpg", 0.35, 0.7, false),
+        ("sunglasses_01.jpg", 0.45, 0.75, false),
+        ("hand_over_eye_01.jpg", 0.12, 0.4, true),
     ];
     let mut failures = Vec::new();
-    for (name, lo, hi) in cases {
+    for (name, lo, hi, hand) in cases {
         let photo = Photo::open(dir.join(name), &IngestOptions::default()).expect(name);
         let found = p.run_photo(&photo).expect(name);
         let share = found
@@ -186,10 +239,16 @@ fn development_photos_occluded_share() {
             .iter()
             .find_map(|f| f.occlusion.as_ref())
             .map(|o| o.occluded_fraction());
-        println!("{name}: occluded share {share:?}");
+        println!(
+            "{name}: occluded share {share:?}, {} hands",
+            found.hands.len()
+        );
         match share {
             Some(s) if (lo..=hi).contains(&s) => {}
             other => failures.push(format!("{name}: {other:?} not in [{lo}, {hi}]")),
+        }
+        if found.hands.is_empty() == hand {
+            failures.push(format!("{name}: {} hands found", found.hands.len()));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

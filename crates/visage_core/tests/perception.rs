@@ -443,8 +443,10 @@ fn perception_on_the_group_photo() {
     let options = PerceptionOptions {
         detector: FaceDetectorMode::FullRange,
         segmentation: false,
-        // MediaPipe's Hands graph threshold, for the comparison with its landmarks.
+        // MediaPipe's Hands graph threshold and no hand search, for the comparison with
+        // its landmarks.
         min_palm_score: 0.5,
+        hand_search: None,
         ..PerceptionOptions::default()
     };
     let p = Perception::load(&nets(), options).unwrap();
@@ -494,7 +496,7 @@ fn perception_on_the_group_photo() {
                     .fold(0.0, f32::max)
             })
             .fold(f32::MAX, f32::min);
-        println!("hand at {:?}: {best} px from MediaPipe", h.palm.bbox);
+        println!("hand at {:?}: {best} px from MediaPipe", h.roi);
         assert!(
             best < 0.05,
             "hand landmarks differ from MediaPipe by {best} px"

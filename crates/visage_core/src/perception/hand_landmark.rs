@@ -2,7 +2,8 @@
 //! `[0, 1]`, 21 landmarks (wrist, then four points per finger from thumb to pinky), a
 //! hand-presence score, a handedness score and 21 "world" landmarks in metres.
 //!
-//! The crop comes from a palm detection ([`super::palm::hand_roi`]). Architecture: a
+//! The crop comes from a palm detection ([`super::palm::hand_roi`]) or from a hand's own
+//! landmarks ([`roi_from_landmarks`], MediaPipe's crop for the next frame). Architecture: a
 //! MobileNetV2-style network (inverted residual blocks, ReLU6, 3×3 and 5×5 depthwise
 //! convolutions) to 7×7×672, global average, four fully connected heads.
 
@@ -15,7 +16,7 @@ use image::RgbImage;
 use super::ops::{
     Activation, Conv2d, DepthwiseConv2d, Linear, Padding, conv, depthwise, max_pool2, sigmoid,
 };
-use super::roi::{Crop, RotatedRect, crop_batch};
+use super::roi::{Crop, RotatedRect, crop_batch, normalize_radians};
 use super::{Result, build, check_image};
 
 /// Number of hand landmarks.
@@ -43,6 +44,66 @@ impl Config {
     /// File name of the converted weights in `assets/nets`.
     pub fn weights_file(&self) -> &'static str {
         "hand_landmark_lite.safetensors"
+    }
+}
+
+/// The landmarks MediaPipe's `HandLandmarkLandmarksToRoi` keeps for the crop: the wrist, the
+/// thumb's first three joints and the first two of each finger (the fingertips move too much).
+const ROI_LANDMARKS: [usize; 12] = [0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18];
+
+/// The hand crop MediaPipe derives from a hand's landmarks (`HandLandmarksToRectCalculator`,
+/// then `RectTransformationCalculator`): rotation so that the wrist → (middle MCP + mean of
+/// the index and ring MCPs) / 2 vector points up, the box of [`ROI_LANDMARKS`] in that
+/// rotated frame, shifted a tenth of its height towards the fingers, square on the long
+/// side, × 2. This is how a hand is tracked from frame to frame; re-cropping a rough crop
+/// this way also centres and straightens a hand the network has only half seen.
+///
+/// `points` are the 21 landmarks in photo pixels (only x and y are used).
+pub fn roi_from_landmarks(points: &[[f32; 3]]) -> RotatedRect {
+    let p = |i: usize| [points[i][0], points[i][1]];
+    let (wrist, index, middle, ring) = (p(0), p(5), p(9), p(13));
+    let mid = [
+        0.5 * (0.5 * (index[0] + ring[0]) + middle[0]),
+        0.5 * (0.5 * (index[1] + ring[1]) + middle[1]),
+    ];
+    let rotation = normalize_radians(
+        std::f32::consts::FRAC_PI_2 - (-(mid[1] - wrist[1])).atan2(mid[0] - wrist[0]),
+    );
+    // Axis-aligned box centre, then the box in the rotated frame around it.
+    let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
+    for &i in &ROI_LANDMARKS {
+        let q = p(i);
+        for k in 0..2 {
+            lo[k] = lo[k].min(q[k]);
+            hi[k] = hi[k].max(q[k]);
+        }
+    }
+    let centre = [0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1])];
+    let (s, c) = rotation.sin_cos();
+    let (mut ulo, mut uhi) = ([f32::MAX; 2], [f32::MIN; 2]);
+    for &i in &ROI_LANDMARKS {
+        let q = p(i);
+        let (dx, dy) = (q[0] - centre[0], q[1] - centre[1]);
+        // Rotate by -rotation into the rect's frame.
+        let r = [c * dx + s * dy, -s * dx + c * dy];
+        for k in 0..2 {
+            ulo[k] = ulo[k].min(r[k]);
+            uhi[k] = uhi[k].max(r[k]);
+        }
+    }
+    let pc = [0.5 * (ulo[0] + uhi[0]), 0.5 * (ulo[1] + uhi[1])];
+    let (w, h) = (uhi[0] - ulo[0], uhi[1] - ulo[1]);
+    // Back to the photo; then the shift of -0.1 × height along the rect's own y axis.
+    let shift_y = -0.1 * h;
+    let cx = centre[0] + c * pc[0] - s * pc[1] - s * shift_y;
+    let cy = centre[1] + s * pc[0] + c * pc[1] + c * shift_y;
+    let side = 2.0 * w.max(h);
+    RotatedRect {
+        cx,
+        cy,
+        width: side,
+        height: side,
+        rotation,
     }
 }
 
@@ -244,5 +305,73 @@ impl Model {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upright right hand (wrist at the bottom, fingers up), photo pixels.
+    fn upright() -> Vec<[f32; 3]> {
+        let mut p = vec![[0.0f32; 3]; NUM_LANDMARKS];
+        p[0] = [100.0, 200.0, 0.0];
+        for (j, q) in [[72.0, 188.0], [60.0, 168.0], [54.0, 150.0], [50.0, 135.0]]
+            .iter()
+            .enumerate()
+        {
+            p[1 + j] = [q[0], q[1], 0.0];
+        }
+        // Index, middle, ring, pinky: MCP, PIP, DIP, tip.
+        for (f, x) in [80.0f32, 100.0, 120.0, 138.0].iter().enumerate() {
+            for j in 0..4 {
+                p[5 + 4 * f + j] = [*x, 120.0 - 25.0 * j as f32, 0.0];
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn roi_of_an_upright_hand() {
+        let r = roi_from_landmarks(&upright());
+        assert!(r.rotation.abs() < 1e-6, "rotation {}", r.rotation);
+        // Box of the 12 ROI landmarks (no fingertips, no thumb tip): x 54..138, y 95..200.
+        let (w, h) = (84.0f32, 105.0f32);
+        assert!((r.width - 2.0 * h).abs() < 1e-3 && (r.height - r.width).abs() < 1e-6);
+        assert!((r.cx - 96.0).abs() < 1e-3, "cx {}", r.cx);
+        // Centre 147.5, shifted a tenth of the height towards the fingers (up).
+        assert!((r.cy - (147.5 - 0.1 * h)).abs() < 1e-3, "cy {}", r.cy);
+        assert!(w < h);
+    }
+
+    #[test]
+    fn roi_turns_with_the_hand() {
+        let base = roi_from_landmarks(&upright());
+        let (o, a) = ([30.0f32, -10.0f32], 0.7f32);
+        let (s, c) = a.sin_cos();
+        let turn = |p: [f32; 2]| {
+            let (dx, dy) = (p[0] - o[0], p[1] - o[1]);
+            [o[0] + c * dx - s * dy, o[1] + s * dx + c * dy]
+        };
+        let turned: Vec<[f32; 3]> = upright()
+            .iter()
+            .map(|p| {
+                let q = turn([p[0], p[1]]);
+                [q[0], q[1], p[2]]
+            })
+            .collect();
+        let r = roi_from_landmarks(&turned);
+        assert!(
+            (r.rotation - a).abs() < 1e-5,
+            "rotation {} vs {a}",
+            r.rotation
+        );
+        let centre = turn([base.cx, base.cy]);
+        assert!((r.cx - centre[0]).abs() < 1e-3 && (r.cy - centre[1]).abs() < 1e-3);
+        assert!((r.width - base.width).abs() < 1e-3);
+        // The wrist lies in the lower half of the crop, the fingertips in the upper half.
+        let pts = &turned;
+        assert!(r.from_photo([pts[0][0], pts[0][1]])[1] > 0.5);
+        assert!(r.from_photo([pts[12][0], pts[12][1]])[1] < 0.5);
     }
 }

@@ -18,8 +18,9 @@
 //! fitting.
 //!
 //! [`Perception`] chains them the way MediaPipe's graphs do (detection → rotated ROI →
-//! landmarks → eye ROIs → iris; palms → hand ROIs → hand landmarks; person mask) and returns
-//! everything in photo pixel coordinates, with per-network timings.
+//! landmarks → eye ROIs → iris; palms → hand ROIs → hand landmarks; person mask), adds a hand
+//! search around each face ([`HandSearchOptions`]) for hands the palm detector misses, and
+//! returns everything in photo pixel coordinates, with per-network timings.
 //!
 //! Inputs are 8-bit sRGB images ([`image::RgbImage`]); the networks were trained on sRGB
 //! values scaled to `[0, 1]` or `[-1, 1]`, not on linear light.
@@ -42,8 +43,8 @@ pub mod synthetic;
 
 pub use occlusion::{Occlusion, OcclusionOptions, PixelMap, face_region};
 pub use pipeline::{
-    FaceDetectorMode, FaceResult, HandResult, Observation, Perception, PerceptionOptions,
-    PerceptionResult, Timings,
+    FaceDetectorMode, FaceResult, HandResult, HandSearchOptions, Observation, Perception,
+    PerceptionOptions, PerceptionResult, Timings,
 };
 
 use std::path::{Path, PathBuf};

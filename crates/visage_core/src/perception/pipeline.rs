@@ -5,7 +5,8 @@
 //! face detection → rotated ROI (eyes level, scale 1.5) → FaceMesh → eye ROIs from
 //! landmarks 33/133 and 362/263 → Iris; palm detection → hand ROI (scale 2.6, shifted
 //! towards the fingers) → hand landmarks, kept when the presence score passes 0.5; selfie
-//! segmentation on the whole photo.
+//! segmentation on the whole photo. Beyond MediaPipe, a hand search around each face
+//! ([`HandSearchOptions`]) finds hands over the face that the palm detector misses.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ pub struct PerceptionOptions {
     /// pass 0.5 come first and are exactly MediaPipe's; weaker ones are added only where
     /// they do not overlap them.
     pub min_palm_score: f32,
+    /// Look for a hand over each face with landmarks that the palm detector missed (with
+    /// `hands` on; `None` skips it). See [`HandSearchOptions`].
+    pub hand_search: Option<HandSearchOptions>,
     /// Compute the person mask.
     pub segmentation: bool,
     /// Estimate each face's occlusion mask and landmark visibility (`None` skips it).
@@ -69,8 +73,55 @@ impl Default for PerceptionOptions {
             hands: true,
             max_hands: 2,
             min_palm_score: 0.3,
+            hand_search: Some(HandSearchOptions::default()),
             segmentation: true,
             occlusion: Some(OcclusionOptions::default()),
+        }
+    }
+}
+
+/// The hand search around each face.
+///
+/// A hand over a face is the commonest occluder, and the palm detector, which looks at the
+/// whole photo at 192², often misses one: seen at that size against a face, a palm is a
+/// patch of skin. The hand landmark network, shown a crop of the face itself, recognises a
+/// hand there far more reliably. For each face with landmarks, the search crops eight
+/// squares, one batch: a hand reaching over the face from below, from each side, from above
+/// and from the four diagonals — each crop `size` face widths wide (the width of the
+/// landmarks' box), centred `offset` face widths out from the box's centre in that
+/// direction, and turned so that the fingers point at the centre. It keeps the best
+/// `candidates` whose presence reaches `min_proposal`. Each is re-cropped `refinements`
+/// times from its own landmarks ([`hand_landmark::roi_from_landmarks`], MediaPipe's
+/// tracking crop), and kept when its presence then reaches `min_presence` and it is not a
+/// hand already found. A face seen this way has not the consistent hand geometry a real hand
+/// gives after re-cropping: on the synthetic occluders and the development photos,
+/// non-hands stay below 0.7 after refinement, hands reach 0.92 or more
+/// (`docs/perception.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandSearchOptions {
+    /// Side of each proposal crop, in face widths (1.5).
+    pub size: f32,
+    /// Distance of each proposal crop's centre from the face centre, in face widths (0.5).
+    pub offset: f32,
+    /// Proposals whose presence reaches this are refined (0.5).
+    pub min_proposal: f32,
+    /// At most this many proposals per face are refined, the best first (2).
+    pub candidates: usize,
+    /// Re-crops from the hand's own landmarks before the verdict (2).
+    pub refinements: usize,
+    /// A refined hand is kept when its presence reaches this (0.85).
+    pub min_presence: f32,
+}
+
+impl Default for HandSearchOptions {
+    fn default() -> Self {
+        Self {
+            size: 1.5,
+            offset: 0.5,
+            min_proposal: 0.5,
+            candidates: 2,
+            refinements: 2,
+            min_presence: 0.85,
         }
     }
 }
@@ -89,6 +140,8 @@ pub struct Timings {
     pub palm_detection: Duration,
     /// Hand landmarks on all palms.
     pub hand_landmarks: Duration,
+    /// The hand search around the faces.
+    pub hand_search: Duration,
     /// Selfie segmentation.
     pub segmentation: Duration,
     /// Occlusion masks of all faces.
@@ -165,8 +218,9 @@ impl FaceResult {
 /// One hand.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HandResult {
-    /// The palm detection, photo pixels.
-    pub palm: PalmDetection,
+    /// The palm detection, photo pixels; `None` for a hand found by the hand search around
+    /// a face ([`HandSearchOptions`]).
+    pub palm: Option<PalmDetection>,
     /// The rotated crop the landmark network saw.
     pub roi: RotatedRect,
     /// 21 landmarks and scores.
@@ -321,13 +375,29 @@ impl Perception {
             for ((palm, roi), landmarks) in palms.into_iter().zip(rois).zip(lms) {
                 if landmarks.presence >= min_presence {
                     hands.push(HandResult {
-                        palm,
+                        palm: Some(palm),
                         roi,
                         landmarks,
                     });
                 }
             }
             timings.hand_landmarks = t.elapsed();
+
+            if let Some(search) = &o.hand_search {
+                let t = Instant::now();
+                for face in faces.iter().filter(|f| f.has_landmarks()) {
+                    let lm = face.landmarks.as_ref().expect("has_landmarks");
+                    for found in self.search_hand(photo, &lm.points, search)? {
+                        if !hands
+                            .iter()
+                            .any(|h| same_hand(&h.landmarks, &found.landmarks))
+                        {
+                            hands.push(found);
+                        }
+                    }
+                }
+                timings.hand_search = t.elapsed();
+            }
         }
 
         let person_mask = if o.segmentation {
@@ -353,6 +423,92 @@ impl Perception {
             timings,
         })
     }
+}
+
+impl Perception {
+    /// The hand search of [`HandSearchOptions`] around one face (its 468 landmarks): the
+    /// hands found, not yet checked against hands found otherwise.
+    pub fn search_hand(
+        &self,
+        photo: &RgbImage,
+        face: &[[f32; 3]],
+        o: &HandSearchOptions,
+    ) -> Result<Vec<HandResult>> {
+        check_image(photo)?;
+        let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
+        for p in face {
+            for k in 0..2 {
+                lo[k] = lo[k].min(p[k]);
+                hi[k] = hi[k].max(p[k]);
+            }
+        }
+        let width = hi[0] - lo[0];
+        if !(width.is_finite() && width >= 1.0 && hi[1] > lo[1]) {
+            return Ok(Vec::new());
+        }
+        let centre = [0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1])];
+        // A hand reaching over the face from each of eight directions (below first): the
+        // crop lies half a face width out that way, fingers pointing at the face centre.
+        let proposals: Vec<RotatedRect> = (0..8)
+            .map(|k| {
+                let from = std::f32::consts::FRAC_PI_2 + k as f32 * std::f32::consts::FRAC_PI_4;
+                let (dy, dx) = from.sin_cos();
+                RotatedRect {
+                    cx: centre[0] + o.offset * width * dx,
+                    cy: centre[1] + o.offset * width * dy,
+                    width: o.size * width,
+                    height: o.size * width,
+                    // The crop's y axis (wrist → fingers is its -y) along (dx, dy).
+                    rotation: (-dx).atan2(dy),
+                }
+            })
+            .collect();
+        let mut found = self.hand.landmarks(photo, &proposals)?;
+        found.sort_by(|a, b| b.presence.total_cmp(&a.presence));
+        found.truncate(o.candidates);
+        found.retain(|h| h.presence >= o.min_proposal);
+        for _ in 0..o.refinements {
+            if found.is_empty() {
+                break;
+            }
+            let rois: Vec<RotatedRect> = found
+                .iter()
+                .map(|h| hand_landmark::roi_from_landmarks(&h.points))
+                .collect();
+            found = self.hand.landmarks(photo, &rois)?;
+        }
+        let mut hands: Vec<HandResult> = Vec::new();
+        for landmarks in found {
+            if landmarks.presence >= o.min_presence
+                && !hands.iter().any(|h| same_hand(&h.landmarks, &landmarks))
+            {
+                hands.push(HandResult {
+                    palm: None,
+                    roi: landmarks.crop.rect,
+                    landmarks,
+                });
+            }
+        }
+        Ok(hands)
+    }
+}
+
+/// Whether two sets of hand landmarks are the same hand: their landmarks lie, on average,
+/// within half a palm length (wrist to middle-finger MCP) of each other.
+fn same_hand(a: &HandLandmarks, b: &HandLandmarks) -> bool {
+    let palm = |h: &HandLandmarks| {
+        let (w, m) = (h.points[0], h.points[9]);
+        (w[0] - m[0]).hypot(w[1] - m[1])
+    };
+    let n = a.points.len().min(b.points.len()).max(1);
+    let mean = a
+        .points
+        .iter()
+        .zip(&b.points)
+        .map(|(p, q)| (p[0] - q[0]).hypot(p[1] - q[1]))
+        .sum::<f32>()
+        / n as f32;
+    mean < 0.5 * palm(a).max(palm(b))
 }
 
 /// One photo prepared for fitting: the photo, everything perception found in it, and the
