@@ -53,9 +53,9 @@ const ROI_LANDMARKS: [usize; 12] = [0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18];
 
 /// The hand crop MediaPipe derives from a hand's landmarks (`HandLandmarksToRectCalculator`,
 /// then `RectTransformationCalculator`): rotation so that the wrist → (middle MCP + mean of
-/// the index and ring MCPs) / 2 vector points up, the box of [`ROI_LANDMARKS`] in that
-/// rotated frame, shifted a tenth of its height towards the fingers, square on the long
-/// side, × 2. This is how a hand is tracked from frame to frame; re-cropping a rough crop
+/// the index and ring MCPs) / 2 vector points up, the box of 12 landmarks (wrist, thumb
+/// joints 1–3, the first two joints of each finger) in that rotated frame, shifted a tenth
+/// of its height towards the fingers, square on the long side, × 2. This is how a hand is tracked from frame to frame; re-cropping a rough crop
 /// this way also centres and straightens a hand the network has only half seen.
 ///
 /// `points` are the 21 landmarks in photo pixels (only x and y are used).
