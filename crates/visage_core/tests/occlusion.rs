@@ -17,14 +17,14 @@ const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
 /// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.74, hand 0.61,
-/// blobs 0.47; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
+/// blobs 0.52; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
         OccluderKind::Sunglasses => 0.63,
-        OccluderKind::SurgicalMask => 0.66,
+        OccluderKind::SurgicalMask => 0.69,
         OccluderKind::Hand => 0.55,
-        OccluderKind::Blobs => 0.42,
+        OccluderKind::Blobs => 0.46,
     }
 }
 
@@ -121,6 +121,57 @@ fn hand_search_finds_a_hand_the_palm_detector_misses() {
     assert!(
         on_hand >= 17,
         "{on_hand} of 21 hand landmarks on the synthetic hand"
+    );
+}
+
+/// Blobs over the astronaut's face (seed 1) make FaceMesh reject the landmarks it finds from
+/// the detector's crop (presence 0.48); cropped again from those landmarks, the face passes,
+/// and the landmarks lie where the clean photo's are.
+#[test]
+fn rejected_landmarks_are_cropped_again() {
+    let p = perception();
+    let fx = load_fixture(&p, 0, &fixture_paths()[0], None);
+    let comp = synthetic::composite(
+        &fx.image,
+        &fx.landmarks,
+        OccluderKind::Blobs,
+        seed_for(0, 1),
+    );
+    let options = |landmark_recrops| PerceptionOptions {
+        landmark_recrops,
+        occlusion: None,
+        hands: false,
+        segmentation: false,
+        ..PerceptionOptions::default()
+    };
+    let nets = visage_core::perception::default_nets_dir();
+    let once = Perception::load(&nets, options(0)).expect("perception networks");
+    let first = once.run(&comp.image).expect("perception");
+    assert!(!first.faces.is_empty(), "the detector finds the face");
+    assert!(
+        !first.faces[0].has_landmarks(),
+        "FaceMesh accepts this face from the detector's crop (presence {:?})",
+        first.faces[0].landmarks.as_ref().map(|l| l.presence)
+    );
+    let again = Perception::load(&nets, options(2)).expect("perception networks");
+    let found = again.run(&comp.image).expect("perception");
+    let face = &found.faces[0];
+    assert!(face.has_landmarks(), "still rejected after cropping again");
+    let lm = face.landmarks.as_ref().unwrap();
+    let width = (fx.landmarks[454][0] - fx.landmarks[234][0]).abs();
+    let err = lm
+        .points
+        .iter()
+        .zip(&fx.landmarks)
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .sum::<f32>()
+        / lm.points.len() as f32
+        / width;
+    // Measured 0.030 face widths (the median over all synthetic composites is 0.027).
+    assert!(err < 0.05, "mean landmark error {err} face widths");
+    assert_ne!(
+        face.roi, first.faces[0].roi,
+        "the crop is the landmarks' crop"
     );
 }
 

@@ -42,6 +42,13 @@ pub struct PerceptionOptions {
     pub detector: FaceDetectorMode,
     /// Landmarks (and irises) are computed for at most this many faces, the largest first.
     pub max_faces: usize,
+    /// A face whose landmarks FaceMesh rejects (presence below 0.5) from the detector's crop
+    /// is cropped again from those landmarks (MediaPipe's next-frame crop,
+    /// [`face_mesh::roi_from_landmarks`]), at most this many times, and kept when the
+    /// presence then passes. An occluder often shifts the detector's box; cropping from the
+    /// landmarks centres the face again (`docs/perception.md`). 0 is MediaPipe's single-image
+    /// behaviour.
+    pub landmark_recrops: usize,
     /// Run the iris network on each face with landmarks.
     pub iris: bool,
     /// Detect hands (palm detection + hand landmarks).
@@ -69,6 +76,7 @@ impl Default for PerceptionOptions {
         Self {
             detector: FaceDetectorMode::Auto,
             max_faces: 4,
+            landmark_recrops: 2,
             iris: true,
             hands: true,
             max_hands: 2,
@@ -155,7 +163,8 @@ pub struct Timings {
 pub struct FaceResult {
     /// The detection (box, 6 keypoints, score), photo pixels.
     pub detection: FaceDetection,
-    /// The rotated crop FaceMesh saw (eyes level).
+    /// The rotated crop FaceMesh saw (eyes level): from the detection, or from the first
+    /// landmarks when they were cropped again ([`PerceptionOptions::landmark_recrops`]).
     pub roi: RotatedRect,
     /// 468 landmarks, when this face is among the `max_faces` largest. Check
     /// `presence`: MediaPipe discards landmarks whose face presence is below 0.5.
@@ -322,12 +331,29 @@ impl Perception {
 
         let t = Instant::now();
         let scale = self.mesh.config().roi_scale;
-        let rois: Vec<RotatedRect> = detections
+        let mut rois: Vec<RotatedRect> = detections
             .iter()
             .map(|d| face_mesh::roi_from_detection(d, scale))
             .collect();
         let n_mesh = o.max_faces.min(detections.len());
-        let mut meshes = self.mesh.landmarks(photo, &rois[..n_mesh])?.into_iter();
+        let mut meshes = self.mesh.landmarks(photo, &rois[..n_mesh])?;
+        let min_presence = self.mesh.config().min_presence;
+        for (mesh, roi) in meshes.iter_mut().zip(rois.iter_mut()) {
+            for _ in 0..o.landmark_recrops {
+                let finite = mesh.points.iter().flatten().all(|v| v.is_finite());
+                if mesh.presence >= min_presence || !finite {
+                    break;
+                }
+                let next_roi = face_mesh::roi_from_landmarks(&mesh.points, scale);
+                let next = self.mesh.landmarks(photo, &[next_roi])?.remove(0);
+                if next.presence <= mesh.presence {
+                    break;
+                }
+                *mesh = next;
+                *roi = next_roi;
+            }
+        }
+        let mut meshes = meshes.into_iter();
         timings.face_mesh = t.elapsed();
 
         let t = Instant::now();
