@@ -16,15 +16,15 @@ use visage_core::photo::{IngestOptions, Photo};
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.68, mask 0.74, hand 0.61,
-/// blobs 0.52; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
+/// 0.05 below what the estimator measures there (sunglasses 0.71, mask 0.74, hand 0.61,
+/// blobs 0.55; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.63,
+        OccluderKind::Sunglasses => 0.66,
         OccluderKind::SurgicalMask => 0.69,
         OccluderKind::Hand => 0.55,
-        OccluderKind::Blobs => 0.46,
+        OccluderKind::Blobs => 0.50,
     }
 }
 

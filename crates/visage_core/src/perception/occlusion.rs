@@ -1032,6 +1032,10 @@ struct SkinModel {
 
 /// The log-luminance band around the shading field the skin may take without penalty:
 /// shadows down to `SHADOW` (×0.37 in linear light), highlights up to `HIGHLIGHT` (×1.6).
+/// Spread of the skin locus along the direction in which the light's colour temperature moves
+/// chromaticity (see [`skin_locus`]), and across it.
+const LOCUS_SD_ALONG: f32 = 0.55;
+const LOCUS_SD_ACROSS: f32 = 0.35;
 const SHADOW: f64 = -1.0;
 const HIGHLIGHT: f64 = 0.45;
 const BAND_TAIL: f64 = 0.15;
@@ -1047,12 +1051,18 @@ fn linear(c: [f32; 2]) -> SVector<f64, 3> {
 
 /// The skin locus: log(R/G) and log(B/G) of human skin in linear light, broad enough for
 /// light to dark skin under warm to cool light. A prior for choosing the skin's mode, not a
-/// classifier. Centre and spread from the skin found on eight development photos (light to
-/// dark skin, daylight, flash and tungsten), not from the measurement's test faces.
+/// classifier. Centre from the skin found on eight development photos (light to dark skin,
+/// daylight, flash and tungsten), not from the measurement's test faces. The light's colour
+/// temperature moves every colour along one direction in this plane — warmer light raises
+/// log(R/G) and lowers log(B/G), about (0.5, −0.87) per unit (a black body from 6500 K to
+/// 3000 K moves white by about (0.33, −0.54)) — so the locus is long along that direction
+/// (standard deviation [`LOCUS_SD_ALONG`]) and narrower across it ([`LOCUS_SD_ACROSS`]):
+/// tungsten-lit skin is still skin, a grey mask is not.
 fn skin_locus(c1: f32, c2: f32) -> f32 {
-    let d1 = (c1 - 0.8) / 0.4;
-    let d2 = (c2 + 0.5) / 0.35;
-    (-0.5 * (d1 * d1 + d2 * d2)).exp()
+    let (a, b) = (c1 - 0.8, c2 + 0.5);
+    let along = (0.5 * a - 0.866 * b) / LOCUS_SD_ALONG;
+    let across = (0.866 * a + 0.5 * b) / LOCUS_SD_ACROSS;
+    (-0.5 * (along * along + across * across)).exp()
 }
 
 /// Variance of a 2-D standard Gaussian truncated to radius `t`, per dimension (what a
