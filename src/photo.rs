@@ -4,7 +4,6 @@ use std::path::Path;
 
 use bevy::asset::RenderAssetUsages;
 use bevy::prelude::*;
-use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use visage_core::photo::{IngestOptions, Photo};
 
@@ -35,8 +34,10 @@ pub fn decode_photo(path: &Path, max_side: u32) -> Result<RgbImage, AvatarError>
 }
 
 /// Converts a Bevy image (any format the `image` crate can represent: 8/16-bit and float
-/// RGB(A) or grey) to an 8-bit RGB image, dropping alpha, and scales it down so that its longer
-/// side is at most `max_side` pixels. `name` names the image in error messages.
+/// RGB(A) or grey, values taken as sRGB-encoded) to an 8-bit RGB image through Visage's photo
+/// ingest ([`Photo::from_srgb8`]), exactly as a photo file is treated after decoding: the same
+/// size limits, alpha composited over white, and the reduction in linear light so that its
+/// longer side is at most `max_side` pixels. `name` names the image in error messages.
 pub fn image_to_rgb(image: &Image, name: &str, max_side: u32) -> Result<RgbImage, AvatarError> {
     let unusable = |detail: String| AvatarError::ImageAssetUnusable {
         name: name.to_string(),
@@ -52,11 +53,25 @@ pub fn image_to_rgb(image: &Image, name: &str, max_side: u32) -> Result<RgbImage
     if image.width() == 0 || image.height() == 0 {
         return Err(unusable("it has no pixels".into()));
     }
-    let dynamic = image
+    let rgba = image
         .clone()
         .try_into_dynamic()
-        .map_err(|e| unusable(e.to_string()))?;
-    Ok(limit_size(dynamic, max_side).into_rgb8())
+        .map_err(|e| unusable(e.to_string()))?
+        .into_rgba8();
+    let options = IngestOptions {
+        max_side: max_side.max(1),
+        ..IngestOptions::default()
+    };
+    let photo = Photo::from_srgb8(
+        rgba.width(),
+        rgba.height(),
+        4,
+        rgba.as_raw(),
+        name,
+        &options,
+    )
+    .map_err(AvatarError::PhotoRejected)?;
+    Ok(photo.to_rgb_image())
 }
 
 /// The photo as an sRGB Bevy image (RGBA8, opaque), usable as a texture or in a UI.
@@ -66,18 +81,6 @@ pub(crate) fn rgb_to_bevy_image(rgb: &RgbImage) -> Image {
         true,
         RenderAssetUsages::default(),
     )
-}
-
-fn limit_size(img: DynamicImage, max_side: u32) -> DynamicImage {
-    let max_side = max_side.max(1);
-    let (w, h) = (img.width(), img.height());
-    if w.max(h) <= max_side {
-        return img;
-    }
-    let scale = max_side as f64 / w.max(h) as f64;
-    let nw = ((w as f64 * scale).round() as u32).clamp(1, max_side);
-    let nh = ((h as f64 * scale).round() as u32).clamp(1, max_side);
-    img.resize_exact(nw, nh, FilterType::Triangle)
 }
 
 /// Decoder messages sometimes span lines; a failure reason is one sentence.

@@ -388,11 +388,18 @@ fn image_asset_requests_wait_for_the_asset() {
         ..default()
     });
 
-    // An image added directly: ready at once. A 300 x 150 RGBA image scaled to 200 x 100.
+    // An image added directly: ready at once. A 300 x 150 RGBA image scaled to 200 x 100,
+    // its transparent left 30 columns composited over white as a photo file's would be.
     let rgb = decode_photo(&astronaut(), 300).unwrap();
     let wide = image::imageops::crop_imm(&rgb, 0, 0, 300, 150).to_image();
+    let mut rgba = image::DynamicImage::ImageRgb8(wide).into_rgba8();
+    for (x, _, p) in rgba.enumerate_pixels_mut() {
+        if x < 30 {
+            p.0 = [10, 20, 30, 0];
+        }
+    }
     let image = Image::from_dynamic(
-        image::DynamicImage::ImageRgb8(wide),
+        image::DynamicImage::ImageRgba8(rgba),
         true,
         bevy::asset::RenderAssetUsages::default(),
     );
@@ -407,6 +414,14 @@ fn image_asset_requests_wait_for_the_asset() {
         .get(&photo.0)
         .unwrap();
     assert_eq!((shown.width(), shown.height()), (200, 100));
+    let data = shown.data.as_ref().expect("the photo's pixels");
+    let at = |x: usize, y: usize| &data[(y * 200 + x) * 4..(y * 200 + x) * 4 + 3];
+    assert_eq!(
+        at(5, 50),
+        &[255, 255, 255],
+        "transparent pixels become white"
+    );
+    assert_ne!(at(100, 50), &[255, 255, 255]);
 
     // An image loaded by the asset server (from `assets/`).
     let handle: Handle<Image> = app
