@@ -298,8 +298,24 @@ fn job(
     }
 }
 
-/// A headless app with Bevy's renderer (no window, no winit) and the plugin.
+/// A headless app with Bevy's renderer (no window, no winit) and the plugin; without a
+/// Vulkan adapter, a failure that says what to install.
 fn gpu_app() -> App {
+    std::panic::catch_unwind(build_gpu_app).unwrap_or_else(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("the renderer panicked");
+        panic!(
+            "the GPU tests could not start Bevy's renderer ({why}). They need a Vulkan driver: \
+             on Debian `sudo apt-get install mesa-vulkan-drivers libvulkan1` (software Vulkan is \
+             enough). Without one, run the suite without `--features bevy_visage/gpu_tests`."
+        )
+    })
+}
+
+fn build_gpu_app() -> App {
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,
