@@ -345,7 +345,13 @@ impl Perception {
                     break;
                 }
                 let next_roi = face_mesh::roi_from_landmarks(&mesh.points, scale);
-                let next = self.mesh.landmarks(photo, &[next_roi])?.remove(0);
+                // Landmarks collapsed to a point or a line give no crop.
+                if !(next_roi.width >= 1.0 && next_roi.width.is_finite()) {
+                    break;
+                }
+                let Some(next) = self.mesh.landmarks(photo, &[next_roi])?.into_iter().next() else {
+                    break;
+                };
                 if next.presence <= mesh.presence {
                     break;
                 }
