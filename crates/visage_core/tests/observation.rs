@@ -186,3 +186,22 @@ fn photometric_residuals_refine_the_mask() {
         .refine_with_residuals(|_, _| None, 0.05, 1.0);
     assert!((obs.occlusion().occluded_fraction() - before).abs() < 1e-6);
 }
+
+/// The hand search on degenerate face landmarks (collapsed to a point, NaN, a line) finds
+/// nothing and does not panic; on an empty photo it is an error value.
+#[test]
+fn hand_search_on_degenerate_landmarks_finds_nothing() {
+    let p = Perception::load_default().unwrap();
+    let img = astronaut();
+    let options = visage_core::perception::HandSearchOptions::default();
+    let point = vec![[100.0f32, 100.0, 0.0]; 468];
+    let nan = vec![[f32::NAN; 3]; 468];
+    let line: Vec<[f32; 3]> = (0..468).map(|i| [i as f32, 50.0, 0.0]).collect();
+    for face in [&point, &nan, &line] {
+        assert!(p.search_hand(&img, face, &options).unwrap().is_empty());
+    }
+    assert!(
+        p.search_hand(&RgbImage::new(0, 0), &line, &options)
+            .is_err()
+    );
+}
