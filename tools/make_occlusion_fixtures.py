@@ -77,6 +77,15 @@ stored as {fmt}.
 |---|---|---|---|
 """
 
+HAIR = """
+Hair labels: `NAME.hair.png` marks (255) where the photo's own hair covers the FaceMesh face
+oval; the occlusion measurement counts those pixels as occluded in its truth. Written by
+`tools/label_hair.py` from the hand-drawn polygons in `hair_annotations.json` (zones where
+hair may cover the oval, and samples of certain hair; inside a zone, a pixel is hair when its
+nearest colour samples are mostly hair rather than the oval's skin). Checked by eye with
+`tools/label_hair.py --preview DIR`. Hair covers 0.0–16.9 % of the ovals (`sample5_c`: none).
+"""
+
 
 def crop_box(box):
     x0, y0, x1, y1 = box
@@ -121,6 +130,7 @@ def main():
     with open(os.path.join(args.out, "SOURCES.md"), "w") as f:
         f.write(HEADER.format(scale=SCALE, fmt=fmt, ext=ext))
         f.write("\n".join(rows) + "\n")
+        f.write(HAIR)
         f.write("\nSource files (sha256):\n\n")
         for src, sha in sorted({(s.split("/")[-1], h) for _, s, h, _, _ in FACES}):
             f.write(f"- `{src}` `{sha}`\n")
