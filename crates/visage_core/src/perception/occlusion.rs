@@ -612,6 +612,14 @@ impl Occlusion {
             return;
         };
         self.extend(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
+        let face: Vec<bool> = self.zones.iter().map(|z| *z != Zone::Outside).collect();
+        fill_holes(
+            &mut run.q,
+            &face,
+            self.face.width,
+            self.face.height,
+            HOLE_SHARE,
+        );
         self.occluded.values = run.q;
     }
 
@@ -856,6 +864,9 @@ const BAND_SLOPE: f32 = 0.8;
 /// A runner-up start for the skin model is tried when its score is at least this share of
 /// the best one's.
 const RUNNER_UP: f32 = 0.5;
+/// Largest enclosed visible island that [`fill_holes`] closes, share of the face
+/// cells.
+const HOLE_SHARE: f32 = 0.03;
 /// The share of the rim that must be occluded for the mask to extend past it.
 const RIM_SHARE: f32 = 0.4;
 /// Weight of the appearance evidence where photometric residuals exist.
@@ -866,6 +877,55 @@ const DARK: f32 = 0.002;
 fn log_add(a: f32, b: f32) -> f32 {
     let m = a.max(b);
     m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// Small visible islands enclosed by occluded cells become occluded: connected visible
+/// `face` cells (4-neighbours; visible: `q` ≤ 0.5) that reach neither a non-face cell nor
+/// the grid's edge and number less than `share` of the face cells get `q ← 1 − q`. The face
+/// is one surface seen from the camera; a speck of it seen through an occluder is rarer
+/// than an occluder's own skin-coloured patch (a pattern, a print, a highlight on a hand).
+fn fill_holes(q: &mut [f32], face: &[bool], w: usize, h: usize, share: f32) {
+    let n = q.len();
+    let limit = (share * face.iter().filter(|f| **f).count() as f32) as usize;
+    let visible = |q: &[f32], k: usize| face[k] && q[k] <= 0.5;
+    let mut seen = vec![false; n];
+    let mut stack = Vec::new();
+    let mut component = Vec::new();
+    for start in 0..n {
+        if seen[start] || !visible(q, start) {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        component.clear();
+        let mut open = false;
+        while let Some(k) = stack.pop() {
+            component.push(k);
+            let (i, j) = (k % w, k / w);
+            let next = [
+                (i > 0).then(|| k - 1),
+                (i + 1 < w).then(|| k + 1),
+                (j > 0).then(|| k - w),
+                (j + 1 < h).then(|| k + w),
+            ];
+            if next.iter().any(Option::is_none) {
+                open = true;
+            }
+            for m in next.into_iter().flatten() {
+                if !face[m] {
+                    open = true;
+                } else if !seen[m] && visible(q, m) {
+                    seen[m] = true;
+                    stack.push(m);
+                }
+            }
+        }
+        if !open && component.len() < limit {
+            for &k in &component {
+                q[k] = 1.0 - q[k];
+            }
+        }
+    }
 }
 
 /// Mean-field updates of a Potts model: `q = σ(unary + β·mean(2q − 1 over the box))`, the
@@ -1783,6 +1843,50 @@ mod tests {
             q[15 * w + 17]
         );
         assert!(q[10 * w + 15] < 0.1);
+    }
+
+    #[test]
+    fn fill_holes_closes_small_enclosed_islands_only() {
+        // 12 × 12 grid, all face; an occluded ring around a 2 × 2 visible island, and a
+        // visible gap at the grid's edge.
+        let (w, h) = (12, 12);
+        let face = vec![true; w * h];
+        let mut q = vec![0.1f32; w * h];
+        for j in 2..8 {
+            for i in 2..8 {
+                q[j * w + i] = 0.9;
+            }
+        }
+        for j in 4..6 {
+            for i in 4..6 {
+                q[j * w + i] = 0.2;
+            }
+        }
+        for j in 0..3 {
+            q[j * w + 11] = 0.9;
+        }
+        q[w + 11] = 0.3; // open: touches the grid's edge
+        let before = q.clone();
+        fill_holes(&mut q, &face, w, h, 0.05);
+        for j in 4..6 {
+            for i in 4..6 {
+                assert!((q[j * w + i] - 0.8).abs() < 1e-6, "island not closed");
+            }
+        }
+        assert_eq!(q[w + 11], 0.3, "an island at the edge was closed");
+        // The outer visible face is not an island; nothing else changes.
+        let changed = q.iter().zip(&before).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, 4);
+        // Too large an island stays visible.
+        let mut q2 = before.clone();
+        fill_holes(&mut q2, &face, w, h, 0.02);
+        assert_eq!(q2, before);
+        // A non-face cell next to the island opens it.
+        let mut face3 = face.clone();
+        face3[4 * w + 3] = false;
+        let mut q3 = before.clone();
+        fill_holes(&mut q3, &face3, w, h, 0.05);
+        assert_eq!(q3, before);
     }
 
     #[test]
