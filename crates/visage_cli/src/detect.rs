@@ -7,7 +7,7 @@ use std::time::Duration;
 use image::{Rgb, RgbImage};
 use serde_json::json;
 use visage_core::perception::FaceDetectorMode;
-use visage_core::perception::{Perception, PerceptionOptions};
+use visage_core::perception::{LandmarkCheck, Perception, PerceptionOptions};
 use visage_core::photo::{IngestOptions, Photo};
 
 use crate::emit;
@@ -53,6 +53,11 @@ pub fn run(
                 "keypoints": f.detection.keypoints.iter().map(|&k| orig(k)).collect::<Vec<_>>(),
                 "landmarks": f.landmarks.as_ref().map(|l| l.points.iter().map(|p| orig([p[0], p[1]])).collect::<Vec<_>>()),
                 "presence": f.landmarks.as_ref().map(|l| l.presence),
+                "landmarks_accepted_by": match f.landmark_check {
+                    LandmarkCheck::Presence => Some("presence"),
+                    LandmarkCheck::DetectorKeypoints => Some("detector_keypoints"),
+                    LandmarkCheck::Failed => None,
+                },
                 "iris_centres": f.iris_centers().map(|c| [orig(c[0]), orig(c[1])]),
                 "visibility": f.visibility.as_ref().map(|v| v.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>()),
                 "iris_visibility": f.iris_visibility(size).map(|v| v.map(|x| (x * 100.0).round() / 100.0)),
@@ -136,9 +141,14 @@ pub fn run(
         match &f.landmarks {
             Some(l) => write!(
                 o,
-                ", {} landmarks (presence {:.2})",
+                ", {} landmarks (presence {:.2}{})",
                 l.points.len(),
-                l.presence
+                l.presence,
+                match f.landmark_check {
+                    LandmarkCheck::Presence => "",
+                    LandmarkCheck::DetectorKeypoints => ", confirmed by the detector's keypoints",
+                    LandmarkCheck::Failed => ", rejected",
+                }
             )
             .ok(),
             None => write!(o, ", no landmarks (beyond the largest faces)").ok(),

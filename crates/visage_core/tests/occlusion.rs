@@ -15,23 +15,24 @@ use visage_core::photo::{IngestOptions, Photo};
 
 const SEEDS: u64 = 2;
 
-/// Lowest accepted mean IoU per occluder kind on seeds 0 and 1: regression guards about
-/// 0.05 below what the estimator measures there (sunglasses 0.71, mask 0.74, hand 0.61,
-/// blobs 0.55; `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
+/// Lowest accepted mean IoU per occluder kind on seeds 0 and 1 (the truth: the occluder and
+/// the labelled hair over the face oval): regression guards about 0.05 below what the
+/// estimator measures there (sunglasses 0.77, mask 0.79, hand 0.66, blobs 0.60;
+/// `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.66,
-        OccluderKind::SurgicalMask => 0.69,
-        OccluderKind::Hand => 0.55,
-        OccluderKind::Blobs => 0.50,
+        OccluderKind::Sunglasses => 0.72,
+        OccluderKind::SurgicalMask => 0.74,
+        OccluderKind::Hand => 0.61,
+        OccluderKind::Blobs => 0.55,
     }
 }
 
-/// Highest accepted false-positive area (share of the face region) on each clean photo:
-/// measured at most 0.22 (hair over the face oval counts as a false positive here).
+/// Highest accepted false-positive area (share of the face region, outside the labelled
+/// hair) on each clean photo: measured at most 0.138.
 // threshold: measured + 0.05.
-const MAX_CLEAN_FP: f32 = 0.27;
+const MAX_CLEAN_FP: f32 = 0.19;
 
 #[test]
 fn occlusion_mask_matches_synthetic_occluders() {
@@ -139,6 +140,7 @@ fn rejected_landmarks_are_cropped_again() {
     );
     let options = |landmark_recrops| PerceptionOptions {
         landmark_recrops,
+        keypoint_check: None,
         occlusion: None,
         hands: false,
         segmentation: false,
@@ -158,21 +160,84 @@ fn rejected_landmarks_are_cropped_again() {
     let face = &found.faces[0];
     assert!(face.has_landmarks(), "still rejected after cropping again");
     let lm = face.landmarks.as_ref().unwrap();
-    let width = (fx.landmarks[454][0] - fx.landmarks[234][0]).abs();
-    let err = lm
-        .points
-        .iter()
-        .zip(&fx.landmarks)
-        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
-        .sum::<f32>()
-        / lm.points.len() as f32
-        / width;
+    let err = landmark_error(&lm.points, &fx.landmarks);
     // Measured 0.030 face widths (the median over all synthetic composites is 0.027).
     assert!(err < 0.05, "mean landmark error {err} face widths");
     assert_ne!(
         face.roi, first.faces[0].roi,
         "the crop is the landmarks' crop"
     );
+}
+
+/// Mean distance of two sets of landmarks, in face widths of the second.
+fn landmark_error(a: &[[f32; 3]], clean: &[[f32; 3]]) -> f32 {
+    let width = (clean[454][0] - clean[234][0]).abs();
+    a.iter()
+        .zip(clean)
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .sum::<f32>()
+        / a.len() as f32
+        / width
+}
+
+/// A patterned mask over the second fixture face (seed 1003): FaceMesh rejects the face
+/// even after cropping again (presence 0.22), while the detector finds it (score 0.76) with
+/// keypoints where the landmarks' eyes, nose and mouth are. The keypoint check keeps the
+/// landmarks, and they lie near the clean photo's.
+#[test]
+fn detector_keypoints_confirm_landmarks_under_a_mask() {
+    use visage_core::perception::{KeypointCheck, LandmarkCheck};
+    let p = perception();
+    let fx = load_fixture(&p, 1, &fixture_paths()[1], None);
+    let comp = synthetic::composite(
+        &fx.image,
+        &fx.landmarks,
+        OccluderKind::SurgicalMask,
+        seed_for(1, 3),
+    );
+    let options = |keypoint_check| PerceptionOptions {
+        keypoint_check,
+        occlusion: None,
+        hands: false,
+        segmentation: false,
+        ..PerceptionOptions::default()
+    };
+    let nets = visage_core::perception::default_nets_dir();
+    let presence_only = Perception::load(&nets, options(None)).expect("perception networks");
+    let first = presence_only.run(&comp.image).expect("perception");
+    assert_eq!(first.faces.len(), 1, "the detector finds the face");
+    let face = &first.faces[0];
+    let presence = face.landmarks.as_ref().map(|l| l.presence);
+    assert!(
+        !face.has_landmarks() && face.landmark_check == LandmarkCheck::Failed,
+        "FaceMesh accepts this face (presence {presence:?})"
+    );
+
+    let checked = Perception::load(&nets, options(Some(KeypointCheck::default())))
+        .expect("perception networks");
+    let found = checked.run(&comp.image).expect("perception");
+    let face = &found.faces[0];
+    assert!(face.has_landmarks(), "the keypoint check rejects the face");
+    assert_eq!(face.landmark_check, LandmarkCheck::DetectorKeypoints);
+    let lm = face.landmarks.as_ref().unwrap();
+    let d = KeypointCheck::distance(&face.detection, &lm.points);
+    // Measured 0.070 box widths; landmark error 0.055 face widths.
+    assert!(d <= KeypointCheck::default().max_distance, "{d}");
+    let err = landmark_error(&lm.points, &fx.landmarks);
+    assert!(err < 0.08, "mean landmark error {err} face widths");
+
+    // The same landmarks moved by a fifth of the box fail the check.
+    let mut moved = lm.clone();
+    let shift = 0.2 * (face.detection.bbox[2] - face.detection.bbox[0]);
+    for q in &mut moved.points {
+        q[0] += shift;
+    }
+    assert!(!KeypointCheck::default().confirms(&face.detection, &moved));
+    // Degenerate landmarks never pass.
+    let mut nan = lm.clone();
+    nan.points[1] = [f32::NAN; 3];
+    assert!(!KeypointCheck::default().confirms(&face.detection, &nan));
+    assert!(KeypointCheck::distance(&face.detection, &lm.points[..10]).is_infinite());
 }
 
 /// Pixels predicted occluded outside the face oval, and how many of them the occluder's

@@ -43,8 +43,8 @@ pub mod synthetic;
 
 pub use occlusion::{Occlusion, OcclusionOptions, PixelMap, face_region};
 pub use pipeline::{
-    FaceDetectorMode, FaceResult, HandResult, HandSearchOptions, Observation, Perception,
-    PerceptionOptions, PerceptionResult, Timings,
+    FaceDetectorMode, FaceResult, HandResult, HandSearchOptions, KeypointCheck, LandmarkCheck,
+    Observation, Perception, PerceptionOptions, PerceptionResult, Timings,
 };
 
 use std::path::{Path, PathBuf};

@@ -49,6 +49,10 @@ pub struct PerceptionOptions {
     /// landmarks centres the face again (`docs/perception.md`). 0 is MediaPipe's single-image
     /// behaviour.
     pub landmark_recrops: usize,
+    /// Landmarks FaceMesh still rejects after the re-crops are kept when the face detector
+    /// confirms them (`None`: only FaceMesh's presence decides, as in MediaPipe). See
+    /// [`KeypointCheck`].
+    pub keypoint_check: Option<KeypointCheck>,
     /// Run the iris network on each face with landmarks.
     pub iris: bool,
     /// Detect hands (palm detection + hand landmarks).
@@ -77,6 +81,7 @@ impl Default for PerceptionOptions {
             detector: FaceDetectorMode::Auto,
             max_faces: 4,
             landmark_recrops: 2,
+            keypoint_check: Some(KeypointCheck::default()),
             iris: true,
             hands: true,
             max_hands: 2,
@@ -86,6 +91,93 @@ impl Default for PerceptionOptions {
             occlusion: Some(OcclusionOptions::default()),
         }
     }
+}
+
+/// Landmarks confirmed by the face detector.
+///
+/// FaceMesh's presence score falls under a large occluder: a surgical mask over a face the
+/// detector finds with a score of 0.76 can score 0.22, and MediaPipe then discards the
+/// landmarks, although they lie where the unoccluded face's do. The detector's own four
+/// central keypoints (eyes, nose tip, mouth centre) are an independent check: landmarks
+/// whose presence reaches `min_presence` are kept when the detection scores at least
+/// `min_score` and the same four points of the landmarks (eye-contour centres, nose tip
+/// 1, mouth centre 13/14) lie on average within `max_distance` detection-box widths of the
+/// keypoints. On the synthetic-occluder composites (`docs/perception.md`), faces that
+/// FaceMesh accepts agree to 0.035 box widths (median; 99th percentile 0.086).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeypointCheck {
+    /// Lowest FaceMesh presence the check can rescue (0.1).
+    pub min_presence: f32,
+    /// Lowest detection score (0.7).
+    pub min_score: f32,
+    /// Largest mean keypoint distance, detection-box widths (0.1).
+    pub max_distance: f32,
+}
+
+impl Default for KeypointCheck {
+    fn default() -> Self {
+        Self {
+            min_presence: 0.1,
+            min_score: 0.7,
+            max_distance: 0.1,
+        }
+    }
+}
+
+impl KeypointCheck {
+    /// Mean distance, in detection-box widths, between the detection's eye, nose-tip and
+    /// mouth keypoints and the same points of 468 landmarks (infinite when either is
+    /// degenerate).
+    pub fn distance(detection: &FaceDetection, points: &[[f32; 3]]) -> f32 {
+        if points.len() < 468 {
+            return f32::INFINITY;
+        }
+        let mean = |idx: &[usize]| {
+            let n = idx.len() as f32;
+            let s = idx.iter().fold([0.0f32; 2], |a, &i| {
+                [a[0] + points[i][0], a[1] + points[i][1]]
+            });
+            [s[0] / n, s[1] / n]
+        };
+        let ours = [
+            mean(&[33, 133, 159, 145]),
+            mean(&[263, 362, 386, 374]),
+            mean(&[1]),
+            mean(&[13, 14]),
+        ];
+        let width = detection.bbox[2] - detection.bbox[0];
+        let d: f32 = ours
+            .iter()
+            .zip(&detection.keypoints)
+            .map(|(a, k)| (a[0] - k[0]).hypot(a[1] - k[1]))
+            .sum::<f32>()
+            / 4.0;
+        let d = d / width;
+        if d.is_finite() && width > 0.0 {
+            d
+        } else {
+            f32::INFINITY
+        }
+    }
+
+    /// Whether the detection confirms landmarks of this presence.
+    pub fn confirms(&self, detection: &FaceDetection, landmarks: &FaceLandmarks) -> bool {
+        landmarks.presence >= self.min_presence
+            && detection.score >= self.min_score
+            && Self::distance(detection, &landmarks.points) <= self.max_distance
+    }
+}
+
+/// Why a face's landmarks are trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandmarkCheck {
+    /// FaceMesh's presence score passes its threshold (0.5), as in MediaPipe.
+    Presence,
+    /// The presence is lower, and the face detector's keypoints confirm the landmarks
+    /// ([`KeypointCheck`]).
+    DetectorKeypoints,
+    /// Neither: the landmarks (if any) are not to be used.
+    Failed,
 }
 
 /// The hand search around each face.
@@ -169,6 +261,8 @@ pub struct FaceResult {
     /// 468 landmarks, when this face is among the `max_faces` largest. Check
     /// `presence`: MediaPipe discards landmarks whose face presence is below 0.5.
     pub landmarks: Option<FaceLandmarks>,
+    /// Whether the landmarks are trusted, and why ([`FaceResult::has_landmarks`]).
+    pub landmark_check: LandmarkCheck,
     /// `[right eye, left eye]` (the subject's), when iris is enabled and landmarks exist.
     pub eyes: Option<[EyeLandmarks; 2]>,
     /// The occlusion mask, when enabled and landmarks exist.
@@ -179,11 +273,10 @@ pub struct FaceResult {
 }
 
 impl FaceResult {
-    /// Whether this face has landmarks that pass FaceMesh's presence threshold.
+    /// Whether this face has landmarks to use: FaceMesh's presence passes its threshold, or
+    /// the face detector confirms them (see [`FaceResult::landmark_check`]).
     pub fn has_landmarks(&self) -> bool {
-        self.landmarks
-            .as_ref()
-            .is_some_and(|l| l.presence >= face_mesh::Config::default().min_presence)
+        self.landmarks.is_some() && self.landmark_check != LandmarkCheck::Failed
     }
 
     /// Estimates this face's occlusion mask and landmark visibility (nothing without
@@ -366,6 +459,13 @@ impl Perception {
         let mut faces = Vec::with_capacity(detections.len());
         for (detection, roi) in detections.into_iter().zip(rois) {
             let landmarks = meshes.next();
+            let landmark_check = match &landmarks {
+                Some(lm) if lm.presence >= min_presence => LandmarkCheck::Presence,
+                Some(lm) if o.keypoint_check.is_some_and(|c| c.confirms(&detection, lm)) => {
+                    LandmarkCheck::DetectorKeypoints
+                }
+                _ => LandmarkCheck::Failed,
+            };
             let eyes = match (&landmarks, o.iris) {
                 (Some(lm), true) => {
                     let p = |i: usize| [lm.points[i][0], lm.points[i][1]];
@@ -381,6 +481,7 @@ impl Perception {
                 detection,
                 roi,
                 landmarks,
+                landmark_check,
                 eyes,
                 occlusion: None,
                 visibility: None,
