@@ -17,22 +17,22 @@ const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1 (the truth: the occluder and
 /// the labelled hair over the face oval): regression guards about 0.05 below what the
-/// estimator measures there (sunglasses 0.77, mask 0.79, hand 0.66, blobs 0.60;
+/// estimator measures there (sunglasses 0.78, mask 0.79, hand 0.65, blobs 0.61;
 /// `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.72,
+        OccluderKind::Sunglasses => 0.73,
         OccluderKind::SurgicalMask => 0.74,
-        OccluderKind::Hand => 0.61,
-        OccluderKind::Blobs => 0.55,
+        OccluderKind::Hand => 0.60,
+        OccluderKind::Blobs => 0.56,
     }
 }
 
 /// Highest accepted false-positive area (share of the face region, outside the labelled
-/// hair) on each clean photo: measured at most 0.138.
+/// hair) on each clean photo: measured at most 0.057.
 // threshold: measured + 0.05.
-const MAX_CLEAN_FP: f32 = 0.19;
+const MAX_CLEAN_FP: f32 = 0.11;
 
 #[test]
 fn occlusion_mask_matches_synthetic_occluders() {

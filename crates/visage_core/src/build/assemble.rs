@@ -1,4 +1,4 @@
-//! Assembly of the open head model from the [`Workbench`](super::Workbench): blendshape
+//! Assembly of the open head model from the [`Workbench`]: blendshape
 //! transfer, metadata, and the [`FlameModel`] itself.
 
 use std::collections::BTreeMap;

@@ -9,7 +9,8 @@
 //! - **Person mask**: face-region pixels the selfie segmentation calls background are not
 //!   face (the face oval overshoots the head, or an object is in front of it).
 //! - **Appearance**: a robust model of the visible skin — a chromaticity that varies
-//!   linearly over the face (coloured side light) with a Gaussian spread, times a smooth
+//!   linearly over the face (coloured side light) and with the shading (skin is more
+//!   saturated in its shadows) with a Gaussian spread, times a smooth
 //!   shading field (a quadratic in face coordinates for log-luminance, flat from deep shadow
 //!   to highlight), plus partly desaturated specular highlights — competes against a colour
 //!   model of the occluder (a Gaussian mixture fitted to the cells currently believed
@@ -25,7 +26,7 @@
 //!
 //! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
 //! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
-//! models (EM). FaceMesh draws a smaller chin under a mask, a scarf or a hand, so where an
+//! models (EM). Small visible islands enclosed by occluded cells are then closed. FaceMesh draws a smaller chin under a mask, a scarf or a hand, so where an
 //! occluder covers most of the oval's lower rim the mask follows it past the oval, up to
 //! [`OcclusionOptions::extension`] of the face width, through cells that look like the
 //! occluder (or that a hand covers) and connect to it. [`Occlusion::refine_with_residuals`]
@@ -871,6 +872,9 @@ const HOLE_SHARE: f32 = 0.03;
 const RIM_SHARE: f32 = 0.4;
 /// Weight of the appearance evidence where photometric residuals exist.
 const RESIDUAL_APPEARANCE_WEIGHT: f32 = 0.25;
+/// Ridge of the chromaticity's dependence on the shading residual (share of the total
+/// weight).
+const LUMA_CHROMA_RIDGE: f64 = 0.1;
 /// Linear-light offset that keeps dark pixels' chromaticity finite (and near grey).
 const DARK: f32 = 0.002;
 
@@ -1084,8 +1088,10 @@ impl Grid {
 /// Gaussian tails beyond), plus partly desaturated specular highlights.
 #[derive(Debug, Clone)]
 struct SkinModel {
-    /// `log(R/G)` and `log(B/G)` as `a + b·u + c·v` over face coordinates.
-    chroma: [SVector<f64, 3>; 2],
+    /// `log(R/G)` and `log(B/G)` as `a + b·u + c·v + d·s` over face coordinates and the
+    /// shading residual `s` (log-luminance minus the shading field, clamped to the band):
+    /// skin is more saturated in its shadows than in its light.
+    chroma: [SVector<f64, 4>; 2],
     cov: Matrix2<f64>,
     shading: SVector<f64, 6>,
 }
@@ -1105,8 +1111,8 @@ fn basis(c: [f32; 2]) -> SVector<f64, 6> {
     SVector::<f64, 6>::from([1.0, u, v, u * u, u * v, v * v])
 }
 
-fn linear(c: [f32; 2]) -> SVector<f64, 3> {
-    SVector::<f64, 3>::from([1.0, c[0] as f64, c[1] as f64])
+fn linear(c: [f32; 2], rl: f64) -> SVector<f64, 4> {
+    SVector::<f64, 4>::from([1.0, c[0] as f64, c[1] as f64, rl.clamp(SHADOW, HIGHLIGHT)])
 }
 
 /// The skin locus: log(R/G) and log(B/G) of human skin in linear light, broad enough for
@@ -1287,7 +1293,7 @@ impl SkinModel {
         q: &[f32],
         chroma: [f64; 2],
     ) -> SkinModel {
-        let constant = |v: f64| SVector::<f64, 3>::from([v, 0.0, 0.0]);
+        let constant = |v: f64| SVector::<f64, 4>::from([v, 0.0, 0.0, 0.0]);
         let mut start = SkinModel {
             chroma: [constant(chroma[0]), constant(chroma[1])],
             cov: Matrix2::from_diagonal_element(0.05 * 0.05),
@@ -1338,8 +1344,8 @@ impl SkinModel {
         }
         let mut ata = SMatrix::<f64, 6, 6>::zeros();
         let mut atb = SVector::<f64, 6>::zeros();
-        let mut ltl = SMatrix::<f64, 3, 3>::zeros();
-        let mut ltc = [SVector::<f64, 3>::zeros(); 2];
+        let mut ltl = SMatrix::<f64, 4, 4>::zeros();
+        let mut ltc = [SVector::<f64, 4>::zeros(); 2];
         for (&k, &wk) in cells.iter().zip(w) {
             if wk <= 0.0 {
                 continue;
@@ -1348,7 +1354,7 @@ impl SkinModel {
             let a = basis(coords[k]);
             ata += wk * a * a.transpose();
             atb += wk * f[2] as f64 * a;
-            let l = linear(coords[k]);
+            let l = linear(coords[k], f[2] as f64 - previous.shading.dot(&a));
             ltl += wk * l * l.transpose();
             ltc[0] += wk * f[0] as f64 * l;
             ltc[1] += wk * f[1] as f64 * l;
@@ -1364,6 +1370,7 @@ impl SkinModel {
         for d in 1..3 {
             ltl[(d, d)] += total;
         }
+        ltl[(3, 3)] += LUMA_CHROMA_RIDGE * total;
         let shading = ata.cholesky()?.solve(&atb);
         let chol = ltl.cholesky()?;
         let chroma = [chol.solve(&ltc[0]), chol.solve(&ltc[1])];
@@ -1373,7 +1380,7 @@ impl SkinModel {
                 continue;
             }
             let f = features[k];
-            let l = linear(coords[k]);
+            let l = linear(coords[k], f[2] as f64 - shading.dot(&basis(coords[k])));
             let r = Vector2::new(
                 f[0] as f64 - chroma[0].dot(&l),
                 f[1] as f64 - chroma[1].dot(&l),
@@ -1390,8 +1397,8 @@ impl SkinModel {
         })
     }
 
-    fn chroma_at(&self, c: [f32; 2]) -> Vector2<f64> {
-        let l = linear(c);
+    fn chroma_at(&self, c: [f32; 2], rl: f64) -> Vector2<f64> {
+        let l = linear(c, rl);
         Vector2::new(self.chroma[0].dot(&l), self.chroma[1].dot(&l))
     }
 
@@ -1405,9 +1412,9 @@ impl SkinModel {
     /// [`SkinModel::distances`] with the cell's covariance given, and the log-luminance
     /// residual from the shading field.
     fn distances_with(&self, f: [f32; 3], c: [f32; 2], cov: &ChromaCov) -> (f64, f64, f64) {
-        let r = Vector2::new(f[0] as f64, f[1] as f64) - self.chroma_at(c);
-        let d2 = (r.transpose() * cov.inv * r)[0];
         let rl = f[2] as f64 - self.shading.dot(&basis(c));
+        let r = Vector2::new(f[0] as f64, f[1] as f64) - self.chroma_at(c, rl);
+        let d2 = (r.transpose() * cov.inv * r)[0];
         let band = if rl < SHADOW {
             (SHADOW - rl) / BAND_TAIL
         } else if rl > HIGHLIGHT {
@@ -1451,7 +1458,7 @@ impl SkinModel {
         // Specular highlights add white light: brighter than the shading, chromaticity moved
         // part of the way towards grey. The position along that line is free (uniform), the
         // distance across it Gaussian.
-        let mu = self.chroma_at(c);
+        let mu = self.chroma_at(c, 0.0);
         let len = mu.norm();
         let specular = if len > 1e-3 && rl > 0.0 {
             let x = Vector2::new(f[0] as f64, f[1] as f64);
@@ -1887,6 +1894,56 @@ mod tests {
         let mut q3 = before.clone();
         fill_holes(&mut q3, &face3, w, h, 0.05);
         assert_eq!(q3, before);
+    }
+
+    #[test]
+    fn skin_chroma_follows_the_shading_residual() {
+        // Skin whose chromaticity moves with its shading residual (more saturated in shadow)
+        // over a flat shading field at log-luminance -1.
+        let mut features = Vec::new();
+        let mut coords = Vec::new();
+        for j in 0..30 {
+            for i in 0..30 {
+                let rl = -0.8 + 1.1 * ((i * 7 + j * 13) % 30) as f32 / 29.0;
+                features.push([0.8 - 0.3 * rl, -0.5 + 0.2 * rl, -1.0 + rl]);
+                coords.push([i as f32 / 30.0 - 0.5, j as f32 / 30.0 - 0.5]);
+            }
+        }
+        let zones = vec![Zone::Skin; features.len()];
+        let q = vec![0.0f32; features.len()];
+        let mut start = SkinModel {
+            chroma: [
+                SVector::<f64, 4>::from([0.8, 0.0, 0.0, 0.0]),
+                SVector::<f64, 4>::from([-0.5, 0.0, 0.0, 0.0]),
+            ],
+            cov: Matrix2::from_diagonal_element(0.05 * 0.05),
+            shading: SVector::<f64, 6>::zeros(),
+        };
+        start.shading[0] = -1.0;
+        let mut model = SkinModel::fit(&features, &coords, &zones, &q, &start, true);
+        for _ in 0..4 {
+            model = SkinModel::fit(&features, &coords, &zones, &q, &model, false);
+        }
+        // The ridge shrinks the slopes (here by about half); their signs and sizes follow.
+        let (d1, d2) = (model.chroma[0][3], model.chroma[1][3]);
+        assert!(d1 < -0.1 && d2 > 0.06, "slopes {d1} {d2}");
+        // The spread left to the covariance is below the chromaticity's own spread.
+        let var1: f64 = {
+            let m = features.iter().map(|f| f[0] as f64).sum::<f64>() / features.len() as f64;
+            features
+                .iter()
+                .map(|f| (f[0] as f64 - m).powi(2))
+                .sum::<f64>()
+                / features.len() as f64
+        };
+        assert!(
+            model.cov[(0, 0)] < 0.5 * var1,
+            "{} vs {var1}",
+            model.cov[(0, 0)]
+        );
+        // The deepest shadow is well inside the model.
+        let (d2, band) = model.distances(features[0], coords[0]);
+        assert!(d2 < 4.0 && band == 0.0, "{d2} {band}");
     }
 
     #[test]
