@@ -824,14 +824,7 @@ impl Occlusion {
             .filter(|&k| self.zones[k] != Zone::Outside && q[k] > 0.5)
             .collect();
         while let Some(k) = stack.pop() {
-            let (i, j) = (k % w, k / w);
-            let next = [
-                (i > 0).then(|| k - 1),
-                (i + 1 < w).then(|| k + 1),
-                (j > 0).then(|| k - w),
-                (j + 1 < h).then(|| k + w),
-            ];
-            for m in next.into_iter().flatten() {
+            for m in neighbours4(k, w, h).into_iter().flatten() {
                 if self.band[m] && !keep[m] && q[m] > 0.5 {
                     keep[m] = true;
                     stack.push(m);
@@ -883,6 +876,17 @@ fn log_add(a: f32, b: f32) -> f32 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
+/// The 4-neighbours of cell `k` on a `w` × `h` grid (`None` past the grid's edge).
+fn neighbours4(k: usize, w: usize, h: usize) -> [Option<usize>; 4] {
+    let (i, j) = (k % w, k / w);
+    [
+        (i > 0).then(|| k - 1),
+        (i + 1 < w).then(|| k + 1),
+        (j > 0).then(|| k - w),
+        (j + 1 < h).then(|| k + w),
+    ]
+}
+
 /// Small visible islands enclosed by occluded cells become occluded: connected visible
 /// `face` cells (4-neighbours; visible: `q` ≤ 0.5) that reach neither a non-face cell nor
 /// the grid's edge and number less than `share` of the face cells get `q ← 1 − q`. The face
@@ -905,13 +909,7 @@ fn fill_holes(q: &mut [f32], face: &[bool], w: usize, h: usize, share: f32) {
         let mut open = false;
         while let Some(k) = stack.pop() {
             component.push(k);
-            let (i, j) = (k % w, k / w);
-            let next = [
-                (i > 0).then(|| k - 1),
-                (i + 1 < w).then(|| k + 1),
-                (j > 0).then(|| k - w),
-                (j + 1 < h).then(|| k + w),
-            ];
+            let next = neighbours4(k, w, h);
             if next.iter().any(Option::is_none) {
                 open = true;
             }
