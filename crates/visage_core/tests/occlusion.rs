@@ -86,8 +86,7 @@ fn occlusion_mask_matches_synthetic_occluders() {
 #[test]
 fn hand_search_finds_a_hand_the_palm_detector_misses() {
     let p = perception();
-    let fx = load_fixture(&p, 1, &fixture_paths()[1], None);
-    let comp = synthetic::composite(&fx.image, &fx.landmarks, OccluderKind::Hand, seed_for(1, 0));
+    let (_, comp) = fixture_with_occluder(&p, 1, OccluderKind::Hand, 0);
     let without = Perception::load(
         &visage_core::perception::default_nets_dir(),
         PerceptionOptions {
@@ -125,29 +124,47 @@ fn hand_search_finds_a_hand_the_palm_detector_misses() {
     );
 }
 
+/// Fixture face `index` and the composite of its `s`-th occluder of `kind` (as the
+/// measurement draws it).
+fn fixture_with_occluder(
+    p: &Perception,
+    index: usize,
+    kind: OccluderKind,
+    s: u64,
+) -> (Fixture, synthetic::Composite) {
+    let fx = load_fixture(p, index, &fixture_paths()[index], None);
+    let comp = synthetic::composite(&fx.image, &fx.landmarks, kind, seed_for(index, s));
+    (fx, comp)
+}
+
+/// The face networks only (no hands, person mask or occlusion), with `edit` applied to the
+/// options.
+fn face_networks(edit: impl FnOnce(&mut PerceptionOptions)) -> Perception {
+    let mut options = PerceptionOptions {
+        occlusion: None,
+        hands: false,
+        segmentation: false,
+        ..PerceptionOptions::default()
+    };
+    edit(&mut options);
+    Perception::load(&visage_core::perception::default_nets_dir(), options)
+        .expect("perception networks")
+}
+
 /// Blobs over the astronaut's face (seed 1) make FaceMesh reject the landmarks it finds from
 /// the detector's crop (presence 0.48); cropped again from those landmarks, the face passes,
 /// and the landmarks lie where the clean photo's are.
 #[test]
 fn rejected_landmarks_are_cropped_again() {
     let p = perception();
-    let fx = load_fixture(&p, 0, &fixture_paths()[0], None);
-    let comp = synthetic::composite(
-        &fx.image,
-        &fx.landmarks,
-        OccluderKind::Blobs,
-        seed_for(0, 1),
-    );
-    let options = |landmark_recrops| PerceptionOptions {
-        landmark_recrops,
-        keypoint_check: None,
-        occlusion: None,
-        hands: false,
-        segmentation: false,
-        ..PerceptionOptions::default()
+    let (fx, comp) = fixture_with_occluder(&p, 0, OccluderKind::Blobs, 1);
+    let recrops = |n| {
+        face_networks(|o| {
+            o.landmark_recrops = n;
+            o.keypoint_check = None;
+        })
     };
-    let nets = visage_core::perception::default_nets_dir();
-    let once = Perception::load(&nets, options(0)).expect("perception networks");
+    let once = recrops(0);
     let first = once.run(&comp.image).expect("perception");
     assert!(!first.faces.is_empty(), "the detector finds the face");
     assert!(
@@ -155,7 +172,7 @@ fn rejected_landmarks_are_cropped_again() {
         "FaceMesh accepts this face from the detector's crop (presence {:?})",
         first.faces[0].landmarks.as_ref().map(|l| l.presence)
     );
-    let again = Perception::load(&nets, options(2)).expect("perception networks");
+    let again = recrops(2);
     let found = again.run(&comp.image).expect("perception");
     let face = &found.faces[0];
     assert!(face.has_landmarks(), "still rejected after cropping again");
@@ -188,22 +205,8 @@ fn landmark_error(a: &[[f32; 3]], clean: &[[f32; 3]]) -> f32 {
 fn detector_keypoints_confirm_landmarks_under_a_mask() {
     use visage_core::perception::{KeypointCheck, LandmarkCheck};
     let p = perception();
-    let fx = load_fixture(&p, 1, &fixture_paths()[1], None);
-    let comp = synthetic::composite(
-        &fx.image,
-        &fx.landmarks,
-        OccluderKind::SurgicalMask,
-        seed_for(1, 3),
-    );
-    let options = |keypoint_check| PerceptionOptions {
-        keypoint_check,
-        occlusion: None,
-        hands: false,
-        segmentation: false,
-        ..PerceptionOptions::default()
-    };
-    let nets = visage_core::perception::default_nets_dir();
-    let presence_only = Perception::load(&nets, options(None)).expect("perception networks");
+    let (fx, comp) = fixture_with_occluder(&p, 1, OccluderKind::SurgicalMask, 3);
+    let presence_only = face_networks(|o| o.keypoint_check = None);
     let first = presence_only.run(&comp.image).expect("perception");
     assert_eq!(first.faces.len(), 1, "the detector finds the face");
     let face = &first.faces[0];
@@ -213,8 +216,7 @@ fn detector_keypoints_confirm_landmarks_under_a_mask() {
         "FaceMesh accepts this face (presence {presence:?})"
     );
 
-    let checked = Perception::load(&nets, options(Some(KeypointCheck::default())))
-        .expect("perception networks");
+    let checked = face_networks(|o| o.keypoint_check = Some(KeypointCheck::default()));
     let found = checked.run(&comp.image).expect("perception");
     let face = &found.faces[0];
     assert!(face.has_landmarks(), "the keypoint check rejects the face");
@@ -279,15 +281,8 @@ fn occluded_outside_oval(
 #[test]
 fn mask_is_followed_past_the_jaw_line() {
     let p = perception();
-    let path = &fixture_paths()[0];
-    let fx = load_fixture(&p, 0, path, None);
+    let (fx, comp) = fixture_with_occluder(&p, 0, OccluderKind::SurgicalMask, 0);
     assert_eq!(fx.name, "astronaut");
-    let comp = synthetic::composite(
-        &fx.image,
-        &fx.landmarks,
-        OccluderKind::SurgicalMask,
-        seed_for(0, 0),
-    );
     let options = OcclusionOptions::default();
     let (outside, on_mask, face) =
         occluded_outside_oval(&p, &comp.image, Some(&comp.mask), &options);

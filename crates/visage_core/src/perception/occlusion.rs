@@ -26,8 +26,8 @@
 //!
 //! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
 //! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
-//! models (EM). Small visible islands enclosed by occluded cells are then closed. FaceMesh draws a smaller chin under a mask, a scarf or a hand, so where an
-//! occluder covers most of the oval's lower rim the mask follows it past the oval, up to
+//! models (EM); small visible islands enclosed by occluded cells are then closed. FaceMesh
+//! draws a smaller chin under a mask, a scarf or a hand, so where an occluder covers most of the oval's lower rim the mask follows it past the oval, up to
 //! [`OcclusionOptions::extension`] of the face width, through cells that look like the
 //! occluder (or that a hand covers) and connect to it. [`Occlusion::refine_with_residuals`]
 //! adds the fitting stage's photometric residuals as one more log-odds term and solves again
@@ -613,7 +613,6 @@ impl Occlusion {
             return;
         };
         self.extend(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
-        let face: Vec<bool> = self.zones.iter().map(|z| *z != Zone::Outside).collect();
         fill_holes(
             &mut run.q,
             &face,
@@ -1094,12 +1093,12 @@ struct SkinModel {
     shading: SVector<f64, 6>,
 }
 
-/// The log-luminance band around the shading field the skin may take without penalty:
-/// shadows down to `SHADOW` (×0.37 in linear light), highlights up to `HIGHLIGHT` (×1.6).
 /// Spread of the skin locus along the direction in which the light's colour temperature moves
 /// chromaticity (see [`skin_locus`]), and across it.
 const LOCUS_SD_ALONG: f32 = 0.55;
 const LOCUS_SD_ACROSS: f32 = 0.35;
+/// The log-luminance band around the shading field the skin may take without penalty:
+/// shadows down to `SHADOW` (×0.37 in linear light), highlights up to `HIGHLIGHT` (×1.6).
 const SHADOW: f64 = -1.0;
 const HIGHLIGHT: f64 = 0.45;
 const BAND_TAIL: f64 = 0.15;

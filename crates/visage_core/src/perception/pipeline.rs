@@ -258,8 +258,9 @@ pub struct FaceResult {
     /// The rotated crop FaceMesh saw (eyes level): from the detection, or from the first
     /// landmarks when they were cropped again ([`PerceptionOptions::landmark_recrops`]).
     pub roi: RotatedRect,
-    /// 468 landmarks, when this face is among the `max_faces` largest. Check
-    /// `presence`: MediaPipe discards landmarks whose face presence is below 0.5.
+    /// 468 landmarks, when this face is among the `max_faces` largest. Use them only when
+    /// [`FaceResult::has_landmarks`] (MediaPipe discards landmarks whose face presence is
+    /// below 0.5; [`FaceResult::landmark_check`] may confirm some of those).
     pub landmarks: Option<FaceLandmarks>,
     /// Whether the landmarks are trusted, and why ([`FaceResult::has_landmarks`]).
     pub landmark_check: LandmarkCheck,
