@@ -17,20 +17,20 @@ const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1 (the truth: the occluder and
 /// the labelled hair over the face oval): regression guards about 0.05 below what the
-/// estimator measures there (sunglasses 0.78, mask 0.79, hand 0.65, blobs 0.61;
+/// estimator measures there (sunglasses 0.78, mask 0.79, hand 0.66, blobs 0.61;
 /// `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
         OccluderKind::Sunglasses => 0.73,
         OccluderKind::SurgicalMask => 0.74,
-        OccluderKind::Hand => 0.60,
+        OccluderKind::Hand => 0.61,
         OccluderKind::Blobs => 0.56,
     }
 }
 
 /// Highest accepted false-positive area (share of the face region, outside the labelled
-/// hair) on each clean photo: measured at most 0.057.
+/// hair) on each clean photo: measured at most 0.061.
 // threshold: measured + 0.05.
 const MAX_CLEAN_FP: f32 = 0.11;
 
@@ -122,6 +122,34 @@ fn hand_search_finds_a_hand_the_palm_detector_misses() {
         on_hand >= 17,
         "{on_hand} of 21 hand landmarks on the synthetic hand"
     );
+}
+
+/// A grey mask over `sample5_c`'s lower face (seed 3): the skin model explains its colour at
+/// some skin cell, but no visible skin shows it, so the occluder model keeps it. (When any colour the skin model explained was dropped,
+/// the mask came out visible: IoU 0.000.)
+#[test]
+fn an_occluder_colour_no_visible_skin_shows_stays_an_occluder() {
+    let p = perception();
+    let fx = load_fixture(&p, 5, &fixture_paths()[5], None);
+    assert_eq!(fx.name, "sample5_c");
+    let case = run_case(&p, &fx, OccluderKind::SurgicalMask, 3, None);
+    println!("IoU {:.3}", case.iou);
+    // threshold: measured 0.873 − 0.17.
+    assert!(case.iou > 0.7, "IoU {:.3}", case.iou);
+}
+
+/// A blob striped in magenta and a skin-like brown over `sample5_c`'s eye (seed 2): the
+/// first skin start takes the brown for the skin and leaves three quarters of the face
+/// "occluded"; the other candidate colours are then tried, and the real skin wins. (Without
+/// the fallback: IoU 0.224.)
+#[test]
+fn a_skin_model_that_hides_most_of_the_face_is_retried() {
+    let p = perception();
+    let fx = load_fixture(&p, 5, &fixture_paths()[5], None);
+    let case = run_case(&p, &fx, OccluderKind::Blobs, 2, None);
+    println!("IoU {:.3}", case.iou);
+    // threshold: measured 0.823 − 0.17.
+    assert!(case.iou > 0.65, "IoU {:.3}", case.iou);
 }
 
 /// Fixture face `index` and the composite of its `s`-th occluder of `kind` (as the

@@ -14,12 +14,15 @@
 //!   shading field (a quadratic in face coordinates for log-luminance, flat from deep shadow
 //!   to highlight), plus partly desaturated specular highlights — competes against a colour
 //!   model of the occluder (a Gaussian mixture fitted to the cells currently believed
-//!   occluded) and a uniform outlier density. The skin model starts from the chromaticity
-//!   mode that covers most skin anchors (forehead, under the eyes, nose, cheeks, chin: the
+//!   occluded; a component is dropped when it is a colour the visible skin shows and the
+//!   skin model explains) and a uniform outlier density. The skin model starts from the
+//!   chromaticity mode that covers most skin anchors (forehead, under the eyes, nose, cheeks, chin: the
 //!   skin is the one colour found all over the face, an occluder covers a few of them) and is
 //!   refitted with rejection tightening from 4 to 3 standard deviations; when the runner-up
 //!   mode scored close, EM also runs from it and the converged skin model that leaves more
-//!   anchors visible wins (a large occluder taken for the skin leaves the face "occluded").
+//!   anchors visible wins (a large occluder taken for the skin leaves the face "occluded");
+//!   when every such model leaves most of the face occluded, EM also runs from the other
+//!   candidate colours.
 //!   Eyes, brows, lips and the mouth are expected *not* to look like skin: there the face
 //!   hypothesis is a broad density, and only an occluder model that explains the pixels
 //!   better marks them occluded (sunglasses over an eye, a mask over the lips).
@@ -586,23 +589,44 @@ impl Occlusion {
         } else {
             Vec::new()
         };
-        let starts: Vec<Option<SkinModel>> = if starts.is_empty() {
+        let (first, rest): (Vec<_>, Vec<_>) = starts.into_iter().partition(|s| s.0);
+        let first: Vec<Option<SkinModel>> = if first.is_empty() {
             vec![None]
         } else {
-            starts.into_iter().map(Some).collect()
+            first.into_iter().map(|s| Some(s.1)).collect()
+        };
+        let run_all = |starts: Vec<Option<SkinModel>>| -> Vec<(f32, EmRun)> {
+            starts
+                .into_par_iter()
+                .map(|start| {
+                    let run = self.em(&fixed, q.clone(), start, &face, radius);
+                    let score = run
+                        .skin
+                        .as_ref()
+                        .map_or(0.0, |s| self.anchor_coverage(s, &run.q));
+                    (score, run)
+                })
+                .collect()
         };
         // The starts run in parallel; the first of equal scores wins.
-        let runs: Vec<(f32, EmRun)> = starts
-            .into_par_iter()
-            .map(|start| {
-                let run = self.em(&fixed, q.clone(), start, &face, radius);
-                let score = run
-                    .skin
-                    .as_ref()
-                    .map_or(0.0, |s| self.anchor_coverage(s, &run.q));
-                (score, run)
-            })
-            .collect();
+        let mut runs = run_all(first);
+        // A skin model that leaves most of the face occluded has likely taken an occluder
+        // for the skin: try the other candidate colours too.
+        let visible_share = |r: &EmRun| {
+            let (v, all) = face
+                .iter()
+                .zip(&r.q)
+                .filter(|(f, _)| **f)
+                .fold((0, 0), |(v, a), (_, q)| (v + (*q < 0.5) as usize, a + 1));
+            v as f32 / all.max(1) as f32
+        };
+        let best_visible = runs
+            .iter()
+            .map(|r| visible_share(&r.1))
+            .fold(0.0f32, f32::max);
+        if best_visible < FALLBACK_VISIBLE && !rest.is_empty() {
+            runs.extend(run_all(rest.into_iter().map(|s| Some(s.1)).collect()));
+        }
         let mut best = 0;
         for (i, r) in runs.iter().enumerate() {
             if r.0 > runs[best].0 {
@@ -642,6 +666,39 @@ impl Occlusion {
         covered * skin_locus(skin.chroma[0][0] as f32, skin.chroma[1][0] as f32)
     }
 
+    /// Whether an occluder colour component `c` (normalised, see [`norm`]) is a colour of
+    /// this face's skin: the skin model explains its mean at some skin cell, and at least
+    /// [`SKIN_SUPPORT`] of the skin cells are visible (`q` < 0.5) and lie within two
+    /// standard deviations of it.
+    fn skin_explains(
+        &self,
+        skin: &SkinModel,
+        c: &(f64, Vector3<f64>, Matrix3<f64>, f64),
+        q: &[f32],
+        skin_cells: usize,
+    ) -> bool {
+        let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
+        let cov = skin.chroma_cov(m);
+        let modelled = self
+            .coords
+            .iter()
+            .zip(&self.zones)
+            .filter(|(_, z)| **z == Zone::Skin)
+            .any(|(cc, _)| skin.log_density_diffuse(m, *cc, &cov) >= LOG_UNIFORM + 3.0);
+        if !modelled {
+            return false;
+        }
+        let shown = (0..q.len())
+            .filter(|&k| self.zones[k] == Zone::Skin && q[k] < 0.5)
+            .filter(|&k| {
+                let f = self.features[k];
+                let r = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64) - c.1;
+                (r.transpose() * c.2 * r)[0] < 4.0
+            })
+            .count();
+        shown as f32 >= SKIN_SUPPORT * skin_cells as f32
+    }
+
     /// EM rounds from a start for the skin model (`None`: no appearance model): fit the
     /// colour models to the current mask, add the evidence, smooth. Returns the mask and
     /// the final colour models.
@@ -659,6 +716,7 @@ impl Occlusion {
         let mut first = true;
         let mut skin = start;
         let mut occluder: Option<Gmm> = None;
+        let skin_cells = self.zones.iter().filter(|z| **z == Zone::Skin).count();
         for _ in 0..rounds {
             let appearance: Vec<f32> = if let Some(previous) = &skin {
                 let s = SkinModel::fit(
@@ -670,24 +728,16 @@ impl Occlusion {
                     first,
                 );
                 first = false;
-                // Occluder colours the skin model explains somewhere on the face are not
-                // appearance evidence (a skin-coloured occluder is the hand detector's job,
-                // and a colour the skin takes somewhere, in shadow or in a highlight, is not
-                // an occluder elsewhere): drop such components.
+                // Occluder colours the skin takes somewhere on the face are not appearance
+                // evidence (a skin-coloured occluder is the hand detector's job, and a colour
+                // the skin takes somewhere, in shadow or in a highlight, is not an occluder
+                // elsewhere): drop components that the skin model explains at some skin cell
+                // and that visible skin cells show. The model alone is not enough: its
+                // shading field, extrapolated to the oval's rim, calls even black a shadow.
                 occluder =
                     Gmm::fit(&self.features, &self.zones, &q, MAX_COMPONENTS).and_then(|mut g| {
-                        g.components.retain(|c| {
-                            let m = [c.1[0] as f32, c.1[1] as f32, c.1[2] as f32];
-                            let cov = s.chroma_cov(m);
-                            let near = self
-                                .coords
-                                .iter()
-                                .zip(&self.zones)
-                                .filter(|(_, z)| **z == Zone::Skin)
-                                .map(|(cc, _)| s.log_density_diffuse(m, *cc, &cov))
-                                .fold(f32::MIN, f32::max);
-                            near < LOG_UNIFORM + 3.0
-                        });
+                        g.components
+                            .retain(|c| !self.skin_explains(&s, c, &q, skin_cells));
                         (!g.components.is_empty()).then_some(g)
                     });
                 let a = (0..n)
@@ -857,6 +907,12 @@ const BAND_SLOPE: f32 = 0.8;
 /// A runner-up start for the skin model is tried when its score is at least this share of
 /// the best one's.
 const RUNNER_UP: f32 = 0.5;
+/// When no skin model from the first starts leaves at least this share of the face
+/// visible, EM also runs from the other candidate skin colours.
+const FALLBACK_VISIBLE: f32 = 0.35;
+/// Share of the skin cells that must show an occluder colour component (visible, within two
+/// standard deviations) for [`Occlusion::skin_explains`] to call it a skin colour.
+const SKIN_SUPPORT: f32 = 0.01;
 /// Largest enclosed visible island that [`fill_holes`] closes, share of the face
 /// cells.
 const HOLE_SHARE: f32 = 0.03;
@@ -1177,15 +1233,17 @@ impl SkinModel {
         model
     }
 
-    /// Starts for the skin model: the chromaticity histogram mode that covers the most skin
-    /// anchors, and the runner-up when it scored at least [`RUNNER_UP`] of the best.
+    /// Starts for the skin model, one per chromaticity histogram mode (at most four), best
+    /// first, each flagged when it is one of the first starts: the mode that covers the
+    /// most skin anchors, and the runner-up when it scored at least [`RUNNER_UP`] of the
+    /// best. The others are tried only when the first ones leave most of the face occluded.
     fn initial(
         features: &[[f32; 3]],
         coords: &[[f32; 2]],
         cells: &[usize],
         anchors: &[u8],
         q: &[f32],
-    ) -> Vec<SkinModel> {
+    ) -> Vec<(bool, SkinModel)> {
         // Chromaticity histogram, 0.025 wide bins over [-1.5, 1.5]², weighted by the locus
         // prior and by brightness (dark pixels have unreliable chromaticity).
         const B: usize = 120;
@@ -1273,11 +1331,13 @@ impl SkinModel {
         let top_score = scored[0].0;
         scored
             .iter()
-            .take(2)
-            .filter(|(s, _)| *s >= RUNNER_UP * top_score)
-            .map(|(_, p)| {
+            .enumerate()
+            .map(|(i, (sc, p))| {
                 let m = [centre_of(p.0) as f64, centre_of(p.1) as f64];
-                Self::start_at(features, coords, cells, q, m)
+                (
+                    i < 2 && *sc >= RUNNER_UP * top_score,
+                    Self::start_at(features, coords, cells, q, m),
+                )
             })
             .collect()
     }
