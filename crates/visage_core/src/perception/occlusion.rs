@@ -668,8 +668,8 @@ impl Occlusion {
 
     /// Whether an occluder colour component `c` (normalised, see [`norm`]) is a colour of
     /// this face's skin: the skin model explains its mean at some skin cell, and at least
-    /// [`SKIN_SUPPORT`] of the skin cells are visible (`q` < 0.5) and lie within two
-    /// standard deviations of it.
+    /// [`SKIN_SUPPORT`] of the skin cells are visible (`q` < 0.5) and lie within three
+    /// standard deviations of it (the penumbra of a shadow whose core came out occluded).
     fn skin_explains(
         &self,
         skin: &SkinModel,
@@ -693,7 +693,7 @@ impl Occlusion {
             .filter(|&k| {
                 let f = self.features[k];
                 let r = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64) - c.1;
-                (r.transpose() * c.2 * r)[0] < 4.0
+                (r.transpose() * c.2 * r)[0] < 9.0
             })
             .count();
         shown as f32 >= SKIN_SUPPORT * skin_cells as f32
@@ -910,7 +910,7 @@ const RUNNER_UP: f32 = 0.5;
 /// When no skin model from the first starts leaves at least this share of the face
 /// visible, EM also runs from the other candidate skin colours.
 const FALLBACK_VISIBLE: f32 = 0.35;
-/// Share of the skin cells that must show an occluder colour component (visible, within two
+/// Share of the skin cells that must show an occluder colour component (visible, within three
 /// standard deviations) for [`Occlusion::skin_explains`] to call it a skin colour.
 const SKIN_SUPPORT: f32 = 0.01;
 /// Largest enclosed visible island that [`fill_holes`] closes, share of the face
