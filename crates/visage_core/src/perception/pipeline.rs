@@ -264,9 +264,10 @@ pub struct FaceResult {
     pub landmarks: Option<FaceLandmarks>,
     /// Whether the landmarks are trusted, and why ([`FaceResult::has_landmarks`]).
     pub landmark_check: LandmarkCheck,
-    /// `[right eye, left eye]` (the subject's), when iris is enabled and landmarks exist.
+    /// `[right eye, left eye]` (the subject's), when iris is enabled and
+    /// [`FaceResult::has_landmarks`].
     pub eyes: Option<[EyeLandmarks; 2]>,
-    /// The occlusion mask, when enabled and landmarks exist.
+    /// The occlusion mask, when enabled and [`FaceResult::has_landmarks`].
     pub occlusion: Option<Occlusion>,
     /// Visibility in `[0, 1]` of each of the 468 landmarks (the occlusion mask sampled
     /// there; 0 outside the photo), when the occlusion mask exists.
@@ -280,8 +281,8 @@ impl FaceResult {
         self.landmarks.is_some() && self.landmark_check != LandmarkCheck::Failed
     }
 
-    /// Estimates this face's occlusion mask and landmark visibility (nothing without
-    /// landmarks).
+    /// Estimates this face's occlusion mask and landmark visibility (nothing unless
+    /// [`FaceResult::has_landmarks`]).
     fn estimate_occlusion(
         &mut self,
         photo: &RgbImage,
@@ -289,6 +290,9 @@ impl FaceResult {
         person: Option<&PersonMask>,
         options: &OcclusionOptions,
     ) {
+        if !self.has_landmarks() {
+            return;
+        }
         if let Some(lm) = self.landmarks.as_ref() {
             let occ = Occlusion::estimate(photo, lm, hands, person, options);
             self.visibility = Some(occ.visibility(&lm.points, photo.dimensions()));
@@ -467,8 +471,10 @@ impl Perception {
                 }
                 _ => LandmarkCheck::Failed,
             };
+            // Rejected landmarks get no irises: the eye corners they place are not the
+            // eyes'.
             let eyes = match (&landmarks, o.iris) {
-                (Some(lm), true) => {
+                (Some(lm), true) if landmark_check != LandmarkCheck::Failed => {
                     let p = |i: usize| [lm.points[i][0], lm.points[i][1]];
                     Some(self.iris.eyes(
                         photo,
