@@ -125,8 +125,8 @@ fn hand_search_finds_a_hand_the_palm_detector_misses() {
 }
 
 /// A grey mask over `sample5_c`'s lower face (seed 3): the skin model explains its colour at
-/// some skin cell, but no visible skin shows it, so the occluder model keeps it. (When any colour the skin model explained was dropped,
-/// the mask came out visible: IoU 0.000.)
+/// some skin cell, but no visible skin shows it, so the occluder model keeps it. (When any
+/// colour the skin model explained was dropped, the mask came out visible: IoU 0.000.)
 #[test]
 fn an_occluder_colour_no_visible_skin_shows_stays_an_occluder() {
     let p = perception();

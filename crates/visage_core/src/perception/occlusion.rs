@@ -16,21 +16,22 @@
 //!   model of the occluder (a Gaussian mixture fitted to the cells currently believed
 //!   occluded; a component is dropped when it is a colour the visible skin shows and the
 //!   skin model explains) and a uniform outlier density. The skin model starts from the
-//!   chromaticity mode that covers most skin anchors (forehead, under the eyes, nose, cheeks, chin: the
-//!   skin is the one colour found all over the face, an occluder covers a few of them) and is
-//!   refitted with rejection tightening from 4 to 3 standard deviations; when the runner-up
-//!   mode scored close, EM also runs from it and the converged skin model that leaves more
-//!   anchors visible wins (a large occluder taken for the skin leaves the face "occluded");
-//!   when every such model leaves most of the face occluded, EM also runs from the other
-//!   candidate colours.
-//!   Eyes, brows, lips and the mouth are expected *not* to look like skin: there the face
-//!   hypothesis is a broad density, and only an occluder model that explains the pixels
-//!   better marks them occluded (sunglasses over an eye, a mask over the lips).
+//!   chromaticity mode that covers most skin anchors (forehead, under the eyes, nose,
+//!   cheeks, chin: the skin is the one colour found all over the face, an occluder covers a
+//!   few of them) and is refitted with rejection tightening from 4 to 3 standard deviations;
+//!   when the runner-up mode scored close, EM also runs from it and the converged skin model
+//!   that leaves more anchors visible wins (a large occluder taken for the skin leaves the
+//!   face "occluded"); when every such model leaves most of the face occluded, EM also runs
+//!   from the other candidate colours. Eyes, brows, lips and the mouth are expected *not* to
+//!   look like skin: there the face hypothesis is a broad density, and only an occluder model
+//!   that explains the pixels better marks them occluded (sunglasses over an eye, a mask over
+//!   the lips).
 //!
 //! The evidence is summed as per-cell log-odds and regularised by mean-field inference on a
 //! Potts model (neighbouring cells agree), alternating with re-fitting the skin and occluder
 //! models (EM); small visible islands enclosed by occluded cells are then closed. FaceMesh
-//! draws a smaller chin under a mask, a scarf or a hand, so where an occluder covers most of the oval's lower rim the mask follows it past the oval, up to
+//! draws a smaller chin under a mask, a scarf or a hand, so where an occluder covers most of
+//! the oval's lower rim the mask follows it past the oval, up to
 //! [`OcclusionOptions::extension`] of the face width, through cells that look like the
 //! occluder (or that a hand covers) and connect to it. [`Occlusion::refine_with_residuals`]
 //! adds the fitting stage's photometric residuals as one more log-odds term and solves again
@@ -583,17 +584,27 @@ impl Occlusion {
         // when it scored close; keep the solution whose converged skin model covers the most
         // skin anchors (an occluder taken for the skin leaves the rest of the face
         // "occluded", and its colour is farther from the skin locus).
-        let starts = if o.appearance {
+        let (cells, modes) = if o.appearance {
             let cells: Vec<usize> = (0..n).filter(|&k| self.zones[k] == Zone::Skin).collect();
-            SkinModel::initial(&self.features, &self.coords, &cells, &self.anchors, &q)
+            let modes = SkinModel::modes(&self.features, &cells, &self.anchors, &q);
+            (cells, modes)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        let (first, rest): (Vec<_>, Vec<_>) = starts.into_iter().partition(|s| s.0);
+        let start = |m: [f64; 2]| {
+            Some(SkinModel::start_at(
+                &self.features,
+                &self.coords,
+                &cells,
+                &q,
+                m,
+            ))
+        };
+        let (first, rest): (Vec<_>, Vec<_>) = modes.into_iter().partition(|m| m.0);
         let first: Vec<Option<SkinModel>> = if first.is_empty() {
             vec![None]
         } else {
-            first.into_iter().map(|s| Some(s.1)).collect()
+            first.iter().map(|m| start(m.1)).collect()
         };
         let run_all = |starts: Vec<Option<SkinModel>>| -> Vec<(f32, EmRun)> {
             starts
@@ -625,7 +636,7 @@ impl Occlusion {
             .map(|r| visible_share(&r.1))
             .fold(0.0f32, f32::max);
         if best_visible < FALLBACK_VISIBLE && !rest.is_empty() {
-            runs.extend(run_all(rest.into_iter().map(|s| Some(s.1)).collect()));
+            runs.extend(run_all(rest.iter().map(|m| start(m.1)).collect()));
         }
         let mut best = 0;
         for (i, r) in runs.iter().enumerate() {
@@ -688,6 +699,8 @@ impl Occlusion {
         if !modelled {
             return false;
         }
+        // Counting stops once enough cells show it.
+        let needed = (SKIN_SUPPORT * skin_cells as f32).ceil() as usize;
         let shown = (0..q.len())
             .filter(|&k| self.zones[k] == Zone::Skin && q[k] < 0.5)
             .filter(|&k| {
@@ -695,8 +708,9 @@ impl Occlusion {
                 let r = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64) - c.1;
                 (r.transpose() * c.2 * r)[0] < 9.0
             })
+            .take(needed)
             .count();
-        shown as f32 >= SKIN_SUPPORT * skin_cells as f32
+        shown >= needed
     }
 
     /// EM rounds from a start for the skin model (`None`: no appearance model): fit the
@@ -1233,17 +1247,17 @@ impl SkinModel {
         model
     }
 
-    /// Starts for the skin model, one per chromaticity histogram mode (at most four), best
-    /// first, each flagged when it is one of the first starts: the mode that covers the
-    /// most skin anchors, and the runner-up when it scored at least [`RUNNER_UP`] of the
-    /// best. The others are tried only when the first ones leave most of the face occluded.
-    fn initial(
+    /// Candidate skin chromaticities for [`SkinModel::start_at`], one per chromaticity
+    /// histogram mode (at most four), best first, each flagged when it is one of the first
+    /// starts: the mode that covers the most skin anchors, and the runner-up when it scored
+    /// at least [`RUNNER_UP`] of the best. The others are tried only when the first ones
+    /// leave most of the face occluded.
+    fn modes(
         features: &[[f32; 3]],
-        coords: &[[f32; 2]],
         cells: &[usize],
         anchors: &[u8],
         q: &[f32],
-    ) -> Vec<(bool, SkinModel)> {
+    ) -> Vec<(bool, [f64; 2])> {
         // Chromaticity histogram, 0.025 wide bins over [-1.5, 1.5]², weighted by the locus
         // prior and by brightness (dark pixels have unreliable chromaticity).
         const B: usize = 120;
@@ -1333,10 +1347,9 @@ impl SkinModel {
             .iter()
             .enumerate()
             .map(|(i, (sc, p))| {
-                let m = [centre_of(p.0) as f64, centre_of(p.1) as f64];
                 (
                     i < 2 && *sc >= RUNNER_UP * top_score,
-                    Self::start_at(features, coords, cells, q, m),
+                    [centre_of(p.0) as f64, centre_of(p.1) as f64],
                 )
             })
             .collect()

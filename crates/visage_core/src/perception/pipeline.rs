@@ -293,11 +293,12 @@ impl FaceResult {
         if !self.has_landmarks() {
             return;
         }
-        if let Some(lm) = self.landmarks.as_ref() {
-            let occ = Occlusion::estimate(photo, lm, hands, person, options);
-            self.visibility = Some(occ.visibility(&lm.points, photo.dimensions()));
-            self.occlusion = Some(occ);
-        }
+        let Some(lm) = self.landmarks.as_ref() else {
+            return;
+        };
+        let occ = Occlusion::estimate(photo, lm, hands, person, options);
+        self.visibility = Some(occ.visibility(&lm.points, photo.dimensions()));
+        self.occlusion = Some(occ);
     }
 
     /// Visibility `[right, left]` of the iris centres (the occlusion mask sampled there),
