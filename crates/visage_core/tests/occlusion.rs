@@ -16,16 +16,17 @@ use visage_core::photo::{IngestOptions, Photo};
 const SEEDS: u64 = 2;
 
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1 (the truth: the occluder and
-/// the labelled hair over the face oval): regression guards about 0.05 below what the
-/// estimator measures there (sunglasses 0.78, mask 0.79, hand 0.66, blobs 0.61;
-/// `docs/perception.md`). The goal is 0.75 for every kind; these are not it.
+/// the labelled hair over the face oval; IoU inside the clean face region): regression guards
+/// about 0.05 below what the estimator measures there (2026-12-04: sunglasses 0.808, mask
+/// 0.878, hand 0.720, blobs 0.685; `docs/perception.md`). The goal is 0.75 for every kind;
+/// hands and blobs are not there.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
-        OccluderKind::Sunglasses => 0.73,
-        OccluderKind::SurgicalMask => 0.74,
-        OccluderKind::Hand => 0.61,
-        OccluderKind::Blobs => 0.56,
+        OccluderKind::Sunglasses => 0.75,
+        OccluderKind::SurgicalMask => 0.82,
+        OccluderKind::Hand => 0.67,
+        OccluderKind::Blobs => 0.63,
     }
 }
 
@@ -134,7 +135,7 @@ fn an_occluder_colour_no_visible_skin_shows_stays_an_occluder() {
     assert_eq!(fx.name, "sample5_c");
     let case = run_case(&p, &fx, OccluderKind::SurgicalMask, 3, None);
     println!("IoU {:.3}", case.iou);
-    // threshold: measured 0.873 − 0.17.
+    // threshold: measured 0.899 inside the face region (0.873 counted anywhere) − 0.2.
     assert!(case.iou > 0.7, "IoU {:.3}", case.iou);
 }
 
@@ -148,7 +149,7 @@ fn a_skin_model_that_hides_most_of_the_face_is_retried() {
     let fx = load_fixture(&p, 5, &fixture_paths()[5], None);
     let case = run_case(&p, &fx, OccluderKind::Blobs, 2, None);
     println!("IoU {:.3}", case.iou);
-    // threshold: measured 0.823 − 0.17.
+    // threshold: measured 0.983 inside the face region (0.823 counted anywhere) − 0.33.
     assert!(case.iou > 0.65, "IoU {:.3}", case.iou);
 }
 
@@ -311,12 +312,16 @@ fn occluded_outside_oval(
 
 /// FaceMesh draws a smaller chin under a mask: the occlusion mask follows the mask past the
 /// oval (onto the mask, not elsewhere), not without the extension, and not on the clean face.
+/// (The ring past the upper oval is off here: it follows the astronaut's hair.)
 #[test]
 fn mask_is_followed_past_the_jaw_line() {
     let p = perception();
     let (fx, comp) = fixture_with_occluder(&p, 0, OccluderKind::SurgicalMask, 0);
     assert_eq!(fx.name, "astronaut");
-    let options = OcclusionOptions::default();
+    let options = OcclusionOptions {
+        ring: 0.0,
+        ..OcclusionOptions::default()
+    };
     let (outside, on_mask, face) =
         occluded_outside_oval(&p, &comp.image, Some(&comp.mask), &options);
     println!(
@@ -396,4 +401,57 @@ fn development_photos_occluded_share() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A dark fringe painted across the astronaut's forehead and on past the face oval: the mask
+/// follows it into the ring outside the oval's upper part, and not without the ring. What
+/// the ring adds off the fringe lies above the nose tip (the astronaut's own hair at the
+/// temples), not beside the cheeks or the jaw.
+#[test]
+fn fringe_is_followed_past_the_upper_oval() {
+    let p = perception();
+    let fx = load_fixture(&p, 0, &fixture_paths()[0], None);
+    assert_eq!(fx.name, "astronaut");
+    // The fringe: from above the oval's top (landmark 10) down to 45 % of the way to the
+    // brows (landmark 9), across the whole photo; dark brown strands.
+    let (top, brow) = (fx.landmarks[10][1], fx.landmarks[9][1]);
+    let face_width = (fx.landmarks[454][0] - fx.landmarks[234][0]).abs();
+    let (y0, y1) = (top - 0.2 * face_width, top + 0.45 * (brow - top));
+    let nose_tip = fx.landmarks[1][1];
+    let mut image = fx.image.clone();
+    let mut fringe = image::GrayImage::new(image.width(), image.height());
+    let mut upper = image::GrayImage::new(image.width(), image.height());
+    for (x, y, px) in image.enumerate_pixels_mut() {
+        let yc = y as f32 + 0.5;
+        if yc >= y0 && yc < y1 {
+            let v = if (x / 3) % 2 == 0 { 0 } else { 12 };
+            *px = image::Rgb([58 + v, 38 + v, 24 + v]);
+            fringe.put_pixel(x, y, image::Luma([255]));
+        }
+        if yc < nose_tip {
+            upper.put_pixel(x, y, image::Luma([255]));
+        }
+    }
+    let options = OcclusionOptions::default();
+    let (outside, on_fringe, face) = occluded_outside_oval(&p, &image, Some(&fringe), &options);
+    let (_, above_nose, _) = occluded_outside_oval(&p, &image, Some(&upper), &options);
+    println!(
+        "fringe: {outside} px occluded outside the oval, {on_fringe} on the fringe, \
+         {above_nose} above the nose tip; face {face} px"
+    );
+    // threshold: measured 0 without the ring.
+    assert!(
+        on_fringe as f32 > 0.03 * face as f32,
+        "{on_fringe} of {face}"
+    );
+    assert!(
+        above_nose as f32 > 0.95 * outside as f32,
+        "{above_nose} of {outside}"
+    );
+    let without = OcclusionOptions {
+        ring: 0.0,
+        ..options
+    };
+    let (outside, _, _) = occluded_outside_oval(&p, &image, Some(&fringe), &without);
+    assert_eq!(outside, 0, "without the ring");
 }

@@ -33,13 +33,17 @@
 //! draws a smaller chin under a mask, a scarf or a hand, so where an occluder covers most of
 //! the oval's lower rim the mask follows it past the oval, up to
 //! [`OcclusionOptions::extension`] of the face width, through cells that look like the
-//! occluder (or that a hand covers) and connect to it. [`Occlusion::refine_with_residuals`]
-//! adds the fitting stage's photometric residuals as one more log-odds term and solves again
-//! (occlusion-aware fitting).
+//! occluder (or that a hand covers) and connect to it. Around the rest of the oval (forehead,
+//! temples, cheeks) the mask follows, up to [`OcclusionOptions::ring`] of the face width,
+//! cells that the skin model explains worse than the occluder or an outlier and that connect
+//! to occluded face cells: hair over the temples goes on past FaceMesh's oval, which itself
+//! moves by a few per cent of the face width from photo to photo.
+//! [`Occlusion::refine_with_residuals`] adds the fitting stage's photometric residuals as one
+//! more log-odds term and solves again (occlusion-aware fitting).
 //!
 //! Everything runs on a grid over the face's bounding box (at most
 //! [`OcclusionOptions::max_grid`] cells on the long side of the box, whole photo pixels per
-//! cell; the grid reaches past the box by the extension), so
+//! cell; the grid reaches past the box by the extension and the ring), so
 //! the cost does not grow with the photo size. [`PixelMap::sample`] maps back to photo
 //! pixels.
 //!
@@ -124,6 +128,11 @@ pub struct OcclusionOptions {
     /// its least reliable part under a mask, a scarf or a hand (it draws a smaller chin), so
     /// the face there can reach past the oval, under the occluder.
     pub extension: f32,
+    /// How far past the rest of the oval (forehead, temples, cheeks) the mask may follow
+    /// what hides the face, as a fraction of the face width; 0 keeps it inside the oval
+    /// there. FaceMesh's oval moves by a few per cent of the face width between photos of
+    /// the same face, and hair over the temples or the forehead goes on past it.
+    pub ring: f32,
 }
 
 impl Default for OcclusionOptions {
@@ -138,6 +147,7 @@ impl Default for OcclusionOptions {
             smoothing_radius: 0.025,
             rounds: 5,
             extension: 0.12,
+            ring: 0.06,
         }
     }
 }
@@ -232,6 +242,9 @@ pub struct Occlusion {
     band: Vec<bool>,
     /// Face cells along the stretch of the oval the band borders.
     rim: Vec<bool>,
+    /// Cells just outside the rest of the oval (forehead, temples, cheeks), within
+    /// [`OcclusionOptions::ring`] of it.
+    ring: Vec<bool>,
     /// Skin anchor group per cell (0: none; see `SKIN_ANCHORS`).
     anchors: Vec<u8>,
     /// Linear-light colour features per cell (log-chromaticity ×2, log-luminance).
@@ -288,7 +301,21 @@ impl Occlusion {
                 widened_box(lower, extension)
             })
             .flatten();
-        let grid = Grid::new(photo, &pts, options.max_grid, band_box);
+        // And the ring around the rest of the oval.
+        let ring_width = options.ring.max(0.0) * face_width;
+        let ring_box = (ring_width > 0.0)
+            .then(|| widened_box(oval.iter(), ring_width))
+            .flatten();
+        let extra = match (band_box, ring_box) {
+            (Some(a), Some(b)) => Some([
+                a[0].min(b[0]),
+                a[1].min(b[1]),
+                a[2].max(b[2]),
+                a[3].max(b[3]),
+            ]),
+            (a, b) => a.or(b),
+        };
+        let grid = Grid::new(photo, &pts, options.max_grid, extra);
         let n = grid.width * grid.height;
 
         // Zones.
@@ -373,6 +400,19 @@ impl Occlusion {
             })
             .unzip();
 
+        // The ring just outside the oval's upper part and sides.
+        let ring: Vec<bool> = (0..n)
+            .map(|k| {
+                let [u, v] = coords[k];
+                ring_width > 0.0
+                    && zones[k] == Zone::Outside
+                    && !band[k]
+                    && v <= BAND_SLOPE * u.abs()
+                    && edge_distance(&oval, grid.center(k % grid.width, k / grid.width))
+                        < ring_width
+            })
+            .collect();
+
         // Hands.
         let mut hand_cov = vec![0.0f32; n];
         for hand in hands {
@@ -380,7 +420,7 @@ impl Occlusion {
             for j in 0..grid.height {
                 for i in 0..grid.width {
                     let k = j * grid.width + i;
-                    if zones[k] == Zone::Outside && !band[k] {
+                    if zones[k] == Zone::Outside && !band[k] && !ring[k] {
                         continue;
                     }
                     let c = s.coverage(grid.center(i, j), grid.cell as f32);
@@ -395,7 +435,7 @@ impl Occlusion {
         let person_lo: Vec<f32> = (0..n)
             .map(|k| {
                 let Some(m) = person else { return 0.0 };
-                if zones[k] == Zone::Outside && !band[k] {
+                if zones[k] == Zone::Outside && !band[k] && !ring[k] {
                     return 0.0;
                 }
                 let p = grid.center(k % grid.width, k / grid.width);
@@ -409,8 +449,8 @@ impl Occlusion {
             .collect();
         let (person_lo, band_person): (Vec<f32>, Vec<f32>) = person_lo
             .iter()
-            .zip(&band)
-            .map(|(&l, &b)| if b { (0.0, -l) } else { (l, 0.0) })
+            .zip(band.iter().zip(&ring))
+            .map(|(&l, (&b, &r))| if b || r { (0.0, -l) } else { (l, 0.0) })
             .unzip();
 
         let mut occ = Occlusion {
@@ -420,6 +460,7 @@ impl Occlusion {
             zones,
             band,
             rim,
+            ring,
             anchors,
             features: grid.features,
             coords,
@@ -648,6 +689,7 @@ impl Occlusion {
             return;
         };
         self.extend(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
+        self.extend_ring(&mut run.q, run.skin.as_ref(), run.occluder.as_ref(), radius);
         fill_holes(
             &mut run.q,
             &face,
@@ -809,6 +851,53 @@ impl Occlusion {
         EmRun { q, skin, occluder }
     }
 
+    /// Follows what hides the face past the oval's upper part and sides, into the ring: a
+    /// ring cell is occluded when the skin model explains it worse than the occluder or an
+    /// outlier (hair over the temples, the frame of a pair of glasses), its neighbours agree,
+    /// and it connects to occluded face cells. Background (person mask) counts against.
+    fn extend_ring(
+        &self,
+        q: &mut [f32],
+        skin: Option<&SkinModel>,
+        occluder: Option<&Gmm>,
+        radius: usize,
+    ) {
+        let n = q.len();
+        let o = &self.options;
+        if !self.ring.iter().any(|r| *r) {
+            return;
+        }
+        let unary: Vec<f32> = (0..n)
+            .map(|k| {
+                if !self.ring[k] {
+                    return 0.0;
+                }
+                let f = self.features[k];
+                let appearance = match skin {
+                    Some(s) if o.appearance => {
+                        let log_occ = match occluder {
+                            Some(g) => log_add(g.log_density(f), LOG_UNIFORM) - LN_2,
+                            None => LOG_UNIFORM,
+                        };
+                        (log_occ - s.log_density(f, self.coords[k])).clamp(-8.0, 8.0)
+                    }
+                    _ => 0.0,
+                };
+                let w = if self.evidence.has_residual[k] {
+                    RESIDUAL_APPEARANCE_WEIGHT
+                } else {
+                    1.0
+                };
+                o.prior_log_odds
+                    + self.evidence.hands[k]
+                    + self.evidence.band_person[k]
+                    + self.evidence.residual[k]
+                    + w * appearance
+            })
+            .collect();
+        self.follow(q, &unary, &self.ring, radius);
+    }
+
     /// Follows occluders past the oval into the extension band: a band cell is occluded
     /// when it looks like the occluder found on the face (or a hand covers it) more than
     /// like skin or anything else, its neighbours agree (mean-field with the face cells
@@ -860,27 +949,33 @@ impl Occlusion {
                     + w * appearance
             })
             .collect();
+        self.follow(q, &unary, &self.band, radius);
+    }
+
+    /// Solves the cells `outside` the oval (the band or the ring) from their log-odds
+    /// `unary` by mean-field with the face cells held, and keeps only those connected
+    /// (4-neighbours, through occluded outside cells) to occluded face cells.
+    fn follow(&self, q: &mut [f32], unary: &[f32], outside: &[bool], radius: usize) {
+        let n = q.len();
         for k in 0..n {
-            if self.band[k] {
+            if outside[k] {
                 q[k] = sigmoid(unary[k]);
             }
         }
         let member: Vec<bool> = (0..n)
-            .map(|k| self.band[k] || self.zones[k] != Zone::Outside)
+            .map(|k| outside[k] || self.zones[k] != Zone::Outside)
             .collect();
         mean_field(
             q,
-            &unary,
+            unary,
             &member,
-            &self.band,
+            outside,
             self.face.width,
             self.face.height,
             radius,
-            o.smoothness,
+            self.options.smoothness,
             8,
         );
-        // Keep band cells connected (4-neighbours, through occluded band cells) to occluded
-        // face cells.
         let (w, h) = (self.face.width, self.face.height);
         let mut keep = vec![false; n];
         let mut stack: Vec<usize> = (0..n)
@@ -888,14 +983,14 @@ impl Occlusion {
             .collect();
         while let Some(k) = stack.pop() {
             for m in neighbours4(k, w, h).into_iter().flatten() {
-                if self.band[m] && !keep[m] && q[m] > 0.5 {
+                if outside[m] && !keep[m] && q[m] > 0.5 {
                     keep[m] = true;
                     stack.push(m);
                 }
             }
         }
         for k in 0..n {
-            if self.band[k] && !keep[k] {
+            if outside[k] && !keep[k] {
                 q[k] = 0.0;
             }
         }
