@@ -883,16 +883,7 @@ impl Occlusion {
                     }
                     _ => 0.0,
                 };
-                let w = if self.evidence.has_residual[k] {
-                    RESIDUAL_APPEARANCE_WEIGHT
-                } else {
-                    1.0
-                };
-                o.prior_log_odds
-                    + self.evidence.hands[k]
-                    + self.evidence.band_person[k]
-                    + self.evidence.residual[k]
-                    + w * appearance
+                self.outside_log_odds(k, appearance)
             })
             .collect();
         self.follow(q, &unary, &self.ring, radius);
@@ -937,19 +928,26 @@ impl Occlusion {
                     }
                     _ => 0.0,
                 };
-                let w = if self.evidence.has_residual[k] {
-                    RESIDUAL_APPEARANCE_WEIGHT
-                } else {
-                    1.0
-                };
-                o.prior_log_odds
-                    + self.evidence.hands[k]
-                    + self.evidence.band_person[k]
-                    + self.evidence.residual[k]
-                    + w * appearance
+                self.outside_log_odds(k, appearance)
             })
             .collect();
         self.follow(q, &unary, &self.band, radius);
+    }
+
+    /// The log-odds of a cell outside the oval (band or ring) with appearance log-odds
+    /// `appearance`: the prior, hands, background (against), residuals, and the appearance
+    /// (scaled down where residuals exist).
+    fn outside_log_odds(&self, k: usize, appearance: f32) -> f32 {
+        let w = if self.evidence.has_residual[k] {
+            RESIDUAL_APPEARANCE_WEIGHT
+        } else {
+            1.0
+        };
+        self.options.prior_log_odds
+            + self.evidence.hands[k]
+            + self.evidence.band_person[k]
+            + self.evidence.residual[k]
+            + w * appearance
     }
 
     /// Solves the cells `outside` the oval (the band or the ring) from their log-odds
