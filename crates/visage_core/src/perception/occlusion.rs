@@ -498,7 +498,7 @@ impl Occlusion {
         for k in 0..self.zones.len() {
             self.evidence.residual[k] = 0.0;
             self.evidence.has_residual[k] = false;
-            if self.zones[k] == Zone::Outside && !self.band[k] {
+            if self.zones[k] == Zone::Outside && !self.band[k] && !self.ring[k] {
                 continue;
             }
             let (i, j) = ((k % w) as u32, (k / w) as u32);
