@@ -18,14 +18,14 @@ const SEEDS: u64 = 2;
 /// Lowest accepted mean IoU per occluder kind on seeds 0 and 1 (the truth: the occluder and
 /// the labelled hair over the face oval; IoU inside the clean face region): regression guards
 /// about 0.05 below what the estimator measures there (2026-12-04: sunglasses 0.808, mask
-/// 0.878, hand 0.720, blobs 0.685; `docs/perception.md`). The goal is 0.75 for every kind;
-/// hands and blobs are not there.
+/// 0.874, hand 0.737, blobs 0.685; `docs/perception.md`). The goal is 0.75 for every kind;
+/// hands and blobs are not there on the held-out seeds.
 fn min_mean_iou(kind: OccluderKind) -> f32 {
     // threshold: measured − 0.05.
     match kind {
         OccluderKind::Sunglasses => 0.75,
         OccluderKind::SurgicalMask => 0.82,
-        OccluderKind::Hand => 0.67,
+        OccluderKind::Hand => 0.68,
         OccluderKind::Blobs => 0.63,
     }
 }

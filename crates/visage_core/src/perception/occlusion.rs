@@ -15,7 +15,9 @@
 //!   to highlight), plus partly desaturated specular highlights — competes against a colour
 //!   model of the occluder (a Gaussian mixture fitted to the cells currently believed
 //!   occluded; a component is dropped when it is a colour the visible skin shows and the
-//!   skin model explains) and a uniform outlier density. The skin model starts from the
+//!   skin model explains; a component found mostly under a detected hand is the hand's
+//!   colour and counts only near that hand, since elsewhere the same colour is the face's
+//!   own skin in light or shadow) and a uniform outlier density. The skin model starts from the
 //!   chromaticity mode that covers most skin anchors (forehead, under the eyes, nose,
 //!   cheeks, chin: the skin is the one colour found all over the face, an occluder covers a
 //!   few of them) and is refitted with rejection tightening from 4 to 3 standard deviations;
@@ -242,6 +244,9 @@ pub struct Occlusion {
     band: Vec<bool>,
     /// Face cells along the stretch of the oval the band borders.
     rim: Vec<bool>,
+    /// How near each cell is to a detected hand's silhouette (1 inside, 0 beyond
+    /// `HAND_NEAR` face widths).
+    hand_near: Vec<f32>,
     /// Cells just outside the rest of the oval (forehead, temples, cheeks), within
     /// [`OcclusionOptions::ring`] of it.
     ring: Vec<bool>,
@@ -415,8 +420,15 @@ impl Occlusion {
 
         // Hands.
         let mut hand_cov = vec![0.0f32; n];
+        let mut hand_near = vec![0.0f32; n];
         for hand in hands {
             let s = HandShape::new(&hand.landmarks.points);
+            for k in 0..n {
+                if zones[k] != Zone::Outside || band[k] || ring[k] {
+                    let c = grid.center(k % grid.width, k / grid.width);
+                    hand_near[k] = hand_near[k].max(s.nearness(c, HAND_NEAR * face_width));
+                }
+            }
             for j in 0..grid.height {
                 for i in 0..grid.width {
                     let k = j * grid.width + i;
@@ -460,6 +472,7 @@ impl Occlusion {
             zones,
             band,
             rim,
+            hand_near,
             ring,
             anchors,
             features: grid.features,
@@ -794,7 +807,15 @@ impl Occlusion {
                     Gmm::fit(&self.features, &self.zones, &q, MAX_COMPONENTS).and_then(|mut g| {
                         g.components
                             .retain(|c| !self.skin_explains(&s, c, &q, skin_cells));
-                        (!g.components.is_empty()).then_some(g)
+                        (!g.components.is_empty()).then(|| {
+                            g.mark_hand_colours(
+                                &self.features,
+                                &self.zones,
+                                &q,
+                                &self.hands.values,
+                            );
+                            g
+                        })
                     });
                 let a = (0..n)
                     .map(|k| {
@@ -808,7 +829,10 @@ impl Occlusion {
                             _ => log_skin,
                         };
                         let log_occ = match &occluder {
-                            Some(g) => log_add(g.log_density(f), LOG_UNIFORM) - LN_2,
+                            Some(g) => {
+                                log_add(g.log_density_near(f, self.hand_near[k]), LOG_UNIFORM)
+                                    - LN_2
+                            }
                             None => LOG_UNIFORM,
                         };
                         (log_occ - log_face).clamp(-8.0, 8.0)
@@ -876,7 +900,10 @@ impl Occlusion {
                 let appearance = match skin {
                     Some(s) if o.appearance => {
                         let log_occ = match occluder {
-                            Some(g) => log_add(g.log_density(f), LOG_UNIFORM) - LN_2,
+                            Some(g) => {
+                                log_add(g.log_density_near(f, self.hand_near[k]), LOG_UNIFORM)
+                                    - LN_2
+                            }
                             None => LOG_UNIFORM,
                         };
                         (log_occ - s.log_density(f, self.coords[k])).clamp(-8.0, 8.0)
@@ -924,7 +951,7 @@ impl Occlusion {
                         // density.
                         let log_other =
                             log_add(s.log_density(f, self.coords[k]), LOG_UNIFORM + 1.0) - LN_2;
-                        (g.log_density(f) - log_other).clamp(-8.0, 8.0)
+                        (g.log_density_near(f, self.hand_near[k]) - log_other).clamp(-8.0, 8.0)
                     }
                     _ => 0.0,
                 };
@@ -1661,10 +1688,17 @@ fn chroma_noise_sd(f: [f32; 3]) -> f64 {
 /// Most components of the occluder colour model.
 const MAX_COMPONENTS: usize = 3;
 
+/// How far from a detected hand's silhouette its colour still counts as the hand, face widths.
+const HAND_NEAR: f32 = 0.05;
+/// Log-density penalty of a hand's colour away from the hand.
+const HAND_AWAY: f64 = 8.0;
+
 /// A small Gaussian mixture in feature space (the occluder's colours).
 #[derive(Debug, Clone)]
 struct Gmm {
     components: Vec<(f64, Vector3<f64>, Matrix3<f64>, f64)>,
+    /// Whether each component's cells lie mostly under a detected hand's silhouette.
+    hand_colour: Vec<bool>,
 }
 
 impl Gmm {
@@ -1720,6 +1754,7 @@ impl Gmm {
         for _ in 0..8 {
             let g = Gmm {
                 components: comps.iter().map(|c| norm(*c)).collect(),
+                hand_colour: Vec::new(),
             };
             for (i, d) in data.iter().enumerate() {
                 let ls: Vec<f64> = g.components.iter().map(|c| log_gauss(c, &d.0)).collect();
@@ -1753,10 +1788,63 @@ impl Gmm {
         if components.is_empty() {
             None
         } else {
-            Some(Gmm { components })
+            Some(Gmm {
+                components,
+                hand_colour: Vec::new(),
+            })
         }
     }
 
+    /// Marks the components whose cells (responsibility times `q`) lie mostly where a
+    /// detected hand covers the face (`hands` above one half).
+    fn mark_hand_colours(
+        &mut self,
+        features: &[[f32; 3]],
+        zones: &[Zone],
+        q: &[f32],
+        hands: &[f32],
+    ) {
+        let nc = self.components.len();
+        let mut acc = vec![(0.0f64, 0.0f64); nc];
+        for k in 0..zones.len() {
+            if zones[k] == Zone::Outside || q[k] <= 0.05 {
+                continue;
+            }
+            let f = features[k];
+            let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
+            let (ls, n) = self.log_components(&x);
+            let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = ls[..n].iter().map(|l| (l - m).exp()).sum();
+            for (a, l) in acc.iter_mut().zip(&ls[..n]) {
+                let r = (l - m).exp() / total * q[k] as f64;
+                a.0 += r;
+                if hands[k] > 0.5 {
+                    a.1 += r;
+                }
+            }
+        }
+        self.hand_colour = acc
+            .iter()
+            .map(|(w, h)| *w > 1e-6 && *h >= 0.5 * w)
+            .collect();
+    }
+
+    /// The mixture's log density at colour `f` in a cell `near` a detected hand (see
+    /// `Occlusion::hand_near`): a hand's colour away from the hand is the face's own skin in
+    /// light or shadow, so its components are lowered there.
+    fn log_density_near(&self, f: [f32; 3], near: f32) -> f32 {
+        let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
+        let (mut ls, n) = self.log_components(&x);
+        for (l, h) in ls[..n].iter_mut().zip(&self.hand_colour) {
+            if *h {
+                *l -= HAND_AWAY * (1.0 - near as f64);
+            }
+        }
+        let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
+        (m + ls[..n].iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+    }
+
+    #[cfg(test)]
     fn log_density(&self, f: [f32; 3]) -> f32 {
         let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
         let (ls, n) = self.log_components(&x);
@@ -1820,6 +1908,18 @@ impl HandShape {
             bones.push((p(w.0), p(w.1), finger));
         }
         HandShape { palm, bones }
+    }
+
+    /// 1 inside the silhouette, falling linearly to 0 at `margin` outside it.
+    fn nearness(&self, c: [f32; 2], margin: f32) -> f32 {
+        if inside(&self.palm, c) {
+            return 1.0;
+        }
+        let mut best = f32::MIN;
+        for &(a, b, r) in &self.bones {
+            best = best.max(r - segment_distance(a, b, c));
+        }
+        (1.0 + best / margin.max(1e-3)).clamp(0.0, 1.0)
     }
 
     /// Coverage of a cell centred at `c` with side `cell` (linear ramp over one cell).
@@ -2107,6 +2207,35 @@ mod tests {
         // The deepest shadow is well inside the model.
         let (d2, band) = model.distances(features[0], coords[0]);
         assert!(d2 < 4.0 && band == 0.0, "{d2} {band}");
+    }
+
+    /// A colour found mostly under a detected hand is the hand's: away from the hand its
+    /// density is lowered by `HAND_AWAY`; a colour found elsewhere is not.
+    #[test]
+    fn hand_colours_count_only_near_the_hand() {
+        let mut feats = Vec::new();
+        let mut hands = Vec::new();
+        for i in 0..200 {
+            let t = (i as f32 * 0.37).sin() * 0.01;
+            let on_hand = i % 2 == 0;
+            feats.push(if on_hand {
+                [0.4 + t, -0.35 - t, -1.2 + t]
+            } else {
+                [0.0 - t, 0.1 + t, -3.0 - t]
+            });
+            // Nine in ten cells of the first colour lie under the hand, none of the second.
+            hands.push(if on_hand && i % 20 != 0 { 1.0f32 } else { 0.0 });
+        }
+        let zones = vec![Zone::Skin; feats.len()];
+        let q = vec![1.0f32; feats.len()];
+        let mut g = Gmm::fit(&feats, &zones, &q, 3).expect("fitted");
+        g.mark_hand_colours(&feats, &zones, &q, &hands);
+        assert_eq!(g.hand_colour.iter().filter(|h| **h).count(), 1);
+        let (hand, other) = ([0.4, -0.35, -1.2], [0.0, 0.1, -3.0]);
+        let near = g.log_density_near(hand, 1.0);
+        assert!((near - g.log_density(hand)).abs() < 1e-4);
+        assert!(near - g.log_density_near(hand, 0.0) > HAND_AWAY as f32 - 0.5);
+        assert!((g.log_density_near(other, 0.0) - g.log_density(other)).abs() < 1e-4);
     }
 
     #[test]
