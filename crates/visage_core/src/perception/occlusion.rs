@@ -423,20 +423,15 @@ impl Occlusion {
         let mut hand_near = vec![0.0f32; n];
         for hand in hands {
             let s = HandShape::new(&hand.landmarks.points);
-            for k in 0..n {
-                if zones[k] != Zone::Outside || band[k] || ring[k] {
-                    let c = grid.center(k % grid.width, k / grid.width);
-                    hand_near[k] = hand_near[k].max(s.nearness(c, HAND_NEAR * face_width));
-                }
-            }
             for j in 0..grid.height {
                 for i in 0..grid.width {
                     let k = j * grid.width + i;
                     if zones[k] == Zone::Outside && !band[k] && !ring[k] {
                         continue;
                     }
-                    let c = s.coverage(grid.center(i, j), grid.cell as f32);
-                    hand_cov[k] = hand_cov[k].max(c);
+                    let d = s.depth(grid.center(i, j));
+                    hand_cov[k] = hand_cov[k].max(HandShape::coverage(d, grid.cell as f32));
+                    hand_near[k] = hand_near[k].max(HandShape::nearness(d, HAND_NEAR * face_width));
                 }
             }
         }
@@ -1804,6 +1799,10 @@ impl Gmm {
         q: &[f32],
         hands: &[f32],
     ) {
+        // Without a hand, no colour is a hand's (and `hand_colour` stays empty).
+        if !hands.iter().any(|h| *h > 0.5) {
+            return;
+        }
         let nc = self.components.len();
         let mut acc = vec![(0.0f64, 0.0f64); nc];
         for k in 0..zones.len() {
@@ -1844,12 +1843,10 @@ impl Gmm {
         (m + ls[..n].iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
     }
 
+    /// The mixture's log density at colour `f`, hand colours counted as near their hand.
     #[cfg(test)]
     fn log_density(&self, f: [f32; 3]) -> f32 {
-        let x = Vector3::new(f[0] as f64, f[1] as f64, f[2] as f64);
-        let (ls, n) = self.log_components(&x);
-        let m = ls[..n].iter().cloned().fold(f64::MIN, f64::max);
-        (m + ls[..n].iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+        self.log_density_near(f, 1.0)
     }
 
     /// Each component's weighted log density at `x` (at most `MAX_COMPONENTS`, on the
@@ -1910,28 +1907,26 @@ impl HandShape {
         HandShape { palm, bones }
     }
 
-    /// 1 inside the silhouette, falling linearly to 0 at `margin` outside it.
-    fn nearness(&self, c: [f32; 2], margin: f32) -> f32 {
+    /// How far `c` lies inside the silhouette (photo pixels; negative outside, infinite
+    /// inside the palm polygon).
+    fn depth(&self, c: [f32; 2]) -> f32 {
         if inside(&self.palm, c) {
-            return 1.0;
+            return f32::INFINITY;
         }
-        let mut best = f32::MIN;
-        for &(a, b, r) in &self.bones {
-            best = best.max(r - segment_distance(a, b, c));
-        }
-        (1.0 + best / margin.max(1e-3)).clamp(0.0, 1.0)
+        self.bones
+            .iter()
+            .map(|&(a, b, r)| r - segment_distance(a, b, c))
+            .fold(f32::MIN, f32::max)
     }
 
-    /// Coverage of a cell centred at `c` with side `cell` (linear ramp over one cell).
-    fn coverage(&self, c: [f32; 2], cell: f32) -> f32 {
-        if inside(&self.palm, c) {
-            return 1.0;
-        }
-        let mut best = f32::MIN;
-        for &(a, b, r) in &self.bones {
-            best = best.max(r - segment_distance(a, b, c));
-        }
-        (best / cell + 0.5).clamp(0.0, 1.0)
+    /// Coverage of a cell of side `cell` at silhouette `depth` (linear ramp over one cell).
+    fn coverage(depth: f32, cell: f32) -> f32 {
+        (depth / cell + 0.5).clamp(0.0, 1.0)
+    }
+
+    /// 1 inside the silhouette, falling linearly to 0 at `margin` outside it, at `depth`.
+    fn nearness(depth: f32, margin: f32) -> f32 {
+        (1.0 + depth / margin.max(1e-3)).clamp(0.0, 1.0)
     }
 }
 
@@ -2273,8 +2268,8 @@ mod tests {
             }
         }
         let h = HandShape::new(&pts);
-        assert_eq!(h.coverage([50.0, 90.0], 1.0), 1.0);
-        assert_eq!(h.coverage([50.0, 50.0], 1.0), 1.0);
-        assert_eq!(h.coverage([150.0, 50.0], 1.0), 0.0);
+        assert_eq!(HandShape::coverage(h.depth([50.0, 90.0]), 1.0), 1.0);
+        assert_eq!(HandShape::coverage(h.depth([50.0, 50.0]), 1.0), 1.0);
+        assert_eq!(HandShape::coverage(h.depth([150.0, 50.0]), 1.0), 0.0);
     }
 }
